@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
+from sklearn.utils import TransformerTags, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -303,6 +303,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             flow = ContinuousFlow(X.shape[1], _check_hidden_dims(self.hidden_dims),
                                   self.activation, self.n_blocks, self.time_length,
                                   self.train_time_length)
+        flow = flow.double()
         flow.set_standardization(X.mean(axis=0), X.std(axis=0))
         return flow
 
@@ -319,12 +320,17 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         device = _resolve_device(self.device)
 
         if reset:
-            flow, optimizer_state, n_iter, history = self._new_flow(X, seed), None, 0, []
+            master, optimizer_state, n_iter, history = self._new_flow(X, seed), None, 0, []
         else:  # work on copies: a failed run must leave the fitted estimator untouched
-            flow = copy.deepcopy(self.flow_)
+            master = copy.deepcopy(self.flow_)
             optimizer_state = copy.deepcopy(self._optimizer_state)
             n_iter, history = self.n_iter_, list(self.history_)
-        flow = flow.to(device=device, dtype=torch.float32)
+        # The fitted flow is a float64 master on the CPU. Training runs on a float32 copy that
+        # sees data standardized in float64 first: casting raw data centred at 1e3 with a spread
+        # of 1e-3 to float32 would lose the signal before standardization could rescue it.
+        X = master.standardize(torch.as_tensor(X, dtype=torch.float64)).numpy()
+        flow = copy.deepcopy(master).to(device=device, dtype=torch.float32)
+        flow.set_standardization(np.zeros(X.shape[1]), np.ones(X.shape[1]))
         optimizer = self._make_optimizer(flow)
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
@@ -337,14 +343,15 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             X_train, X_val = X[order[n_val:]], X[order[:n_val]]
         else:  # validate on (at most 2048) training rows
             X_train, X_val = X, X[order[:2048]]
-        to_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)
+        to_tensor = lambda a: torch.tensor(a, dtype=torch.float32, device=device)
         generator = torch.Generator(device=device).manual_seed(seed)
         config = self._training_config(max_iter, validation_interval, n_iter_no_change)
 
         result = train(flow, optimizer, to_tensor(X_train), to_tensor(X_val), config, generator,
                        n_iter_start=n_iter)
 
-        self.flow_ = flow.cpu()
+        master.blocks.load_state_dict(flow.blocks.state_dict())  # casts back to float64
+        self.flow_ = master
         self._optimizer_state = _to_cpu(optimizer.state_dict())
         self.n_iter_ = n_iter + result.n_iter
         self.history_ = history + result.history
@@ -356,6 +363,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                 f"FFJORDDensity stopped at max_iter={config.max_iter} before the validation loss "
                 "stopped improving; increase max_iter for a better fit.", ConvergenceWarning)
         return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # transform / inverse_transform map to and from the latent space.
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float64"])
+        return tags
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "flow_")
@@ -420,16 +433,16 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
     # --------------------------------------------------------------- evaluation
     def _eval_flow(self):
-        """A float64 copy of the fitted flow on the evaluation device."""
-        return copy.deepcopy(self.flow_).to(device=_resolve_device(self.device),
-                                            dtype=torch.float64).eval()
+        """A copy of the fitted (float64) flow on the evaluation device."""
+        return copy.deepcopy(self.flow_).to(device=_resolve_device(self.device)).eval()
 
     def _chunks(self, A, flow):
         # The exact trace replicates each row n_features times: bound that product.
         rows = max(256, 65536 // max(1, flow.n_features))
         for start in range(0, A.shape[0], rows):
-            yield torch.as_tensor(A[start:start + rows], dtype=torch.float64,
-                                  device=flow.shift.device)
+            # A copy: the input may be a read-only array or memory map.
+            yield torch.tensor(A[start:start + rows], dtype=torch.float64,
+                               device=flow.shift.device)
 
     def _check_input(self, X):
         check_is_fitted(self)
@@ -494,6 +507,23 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             parts = [flow.to_latent(c, self.eval_atol, self.eval_rtol, self.max_num_steps)
                      for c in self._chunks(X, flow)]
         return torch.cat(parts).cpu().numpy()
+
+    def fit_transform(self, X, y=None):
+        """Fit to ``X``, then return its latent coordinates (``fit(X).transform(X)``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features)
+            Latent coordinates of ``X``.
+        """
+        return self.fit(X).transform(X)
 
     def inverse_transform(self, Z):
         """Map latent coordinates back to data space (integrating the flow backwards).

@@ -40,6 +40,7 @@ class TrainingConfig:
     validation_rtol: float = 1e-5
     max_num_steps: int = 1000
     max_recoveries: int = 3
+    cosine_decay: bool = True
     verbose: int = 0
 
 
@@ -184,12 +185,16 @@ def _recover(fault, recoveries, flow, optimizer, good_state, config, iteration):
             "regularizers.") from fault
     flow.load_state_dict(good_state[0])
     optimizer.load_state_dict(good_state[1])
-    for group in optimizer.param_groups:
-        group["lr"] /= 10
-    warnings.warn(f"{fault} at iteration {iteration}: restored the last good weights and lowered "
-                  f"the learning rate to {optimizer.param_groups[0]['lr']:.2g}.", RuntimeWarning,
-                  stacklevel=4)
+    warnings.warn(f"{fault} at iteration {iteration}: restored the last good weights and divided "
+                  "the learning rate by 10.", RuntimeWarning, stacklevel=4)
     return recoveries
+
+
+def _learning_rate_factor(iteration, max_iter, cosine_decay):
+    """Cosine decay from 1 to 0.1 over the run: large steps early, fine ones at the end."""
+    if not cosine_decay:
+        return 1.0
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(iteration / max_iter, 1.0)))
 
 
 def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
@@ -197,8 +202,9 @@ def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
 
     Validation runs every ``validation_interval`` steps and at the end; training stops after
     ``n_iter_no_change`` validations without improvement, and the best-validation weights are
-    restored. A non-finite loss or gradient, or a failed solve, restores the last good weights,
-    divides the learning rate by 10 and continues; after ``max_recoveries`` such faults
+    restored. The learning rate follows a cosine decay to a tenth of its start (unless
+    ``cosine_decay`` is off). A non-finite loss or gradient, or a failed solve, restores the
+    last good weights, divides the learning rate by 10 and continues; after ``max_recoveries`` such faults
     :class:`TrainingDivergedError` is raised. Ctrl-C stops training and keeps the best weights.
     """
     parameters = [p for p in flow.parameters() if p.requires_grad]
@@ -211,6 +217,7 @@ def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
     n_bad, recoveries, stopped_early, interrupted = 0, 0, False, False
     sums = dict(loss=0.0, nfe_forward=0, nfe_backward=0, count=0)
     permutation, cursor = None, n_train
+    base_lrs, lr_scale = [group["lr"] for group in optimizer.param_groups], 1.0
     started = time.perf_counter()
     iteration = 0
     try:
@@ -221,6 +228,10 @@ def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
             batch = X_train[permutation[cursor:cursor + batch_size]]
             cursor += batch_size
 
+            factor = lr_scale * _learning_rate_factor(iteration, config.max_iter,
+                                                      config.cosine_decay)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * factor
             optimizer.zero_grad(set_to_none=True)
             try:
                 loss, nll = objective(batch)
@@ -233,6 +244,7 @@ def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
             except (SolverError, FloatingPointError) as fault:
                 recoveries = _recover(fault, recoveries, flow, optimizer, good_state, config,
                                       n_iter_start + iteration + 1)
+                lr_scale /= 10
                 continue
             optimizer.step()
             iteration += 1
@@ -248,6 +260,7 @@ def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
                     recoveries = _recover(FloatingPointError("non-finite validation loss"),
                                           recoveries, flow, optimizer, good_state, config,
                                           n_iter_start + iteration)
+                    lr_scale /= 10
                     continue
                 count = sums["count"]
                 entry = dict(iteration=n_iter_start + iteration, train_loss=sums["loss"] / count,

@@ -8,6 +8,14 @@ Frobenius norm of ``df/dz`` per row (exact) or its unbiased one-probe estimate `
 import torch
 
 
+def _differentiable(z, create_graph):
+    """``z`` itself when gradients must flow back through it, else a fresh leaf to differentiate
+    against (a solver may hand over a tensor that requires grad but is outside any graph)."""
+    if create_graph and z.requires_grad:
+        return z
+    return z.detach().requires_grad_(True)
+
+
 def exact_divergence(velocity_fn, t, z, create_graph):
     """Exact trace with all ``d`` vector-Jacobian products in one batched call.
 
@@ -18,8 +26,7 @@ def exact_divergence(velocity_fn, t, z, create_graph):
     """
     n, d = z.shape
     with torch.enable_grad():
-        z_rep = z.detach().requires_grad_(True) if not z.requires_grad else z
-        z_rep = z_rep.repeat(d, 1)
+        z_rep = _differentiable(z, create_graph).repeat(d, 1)
         t_rep = t.repeat(d, 1) if t.dim() == 2 else t
         v_rep = velocity_fn(t_rep, z_rep)
         one_hot = torch.eye(d, dtype=z.dtype, device=z.device).repeat_interleave(n, dim=0)
@@ -37,8 +44,7 @@ def hutchinson_divergence(velocity_fn, t, z, noise, create_graph):
     and is held fixed for a whole solve so the integrand is a smooth function of time.
     """
     with torch.enable_grad():
-        if not z.requires_grad:
-            z = z.detach().requires_grad_(True)
+        z = _differentiable(z, create_graph)
         velocity = velocity_fn(t, z)
         (vjp,) = torch.autograd.grad(velocity, z, noise, create_graph=create_graph)
     divergence = (vjp * noise).sum(-1)

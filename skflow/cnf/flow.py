@@ -123,7 +123,9 @@ class ContinuousFlow(nn.Module):
     def training_dynamics(self, divergence, regularizers):
         return [AugmentedDynamics(block, divergence, regularizers) for block in self.blocks]
 
-    # Evaluation: per-row adaptive steps and the exact trace, so rows never interact.
+    # Evaluation (no gradients): per-row adaptive steps and the exact trace, so rows never
+    # interact.
+    @torch.no_grad()
     def log_prob(self, x, atol, rtol, max_num_steps=1000):
         """Exact log density of ``x`` in data units."""
         z = self.standardize(x)
@@ -146,10 +148,12 @@ class ContinuousFlow(nn.Module):
                               max_num_steps=max_num_steps)
         return z
 
+    @torch.no_grad()
     def to_latent(self, x, atol, rtol, max_num_steps=1000):
         """Data -> latent: standardize, then integrate every block forward."""
         return self._map(self.standardize(x), atol, rtol, max_num_steps, reverse=False)
 
+    @torch.no_grad()
     def from_latent(self, z, atol, rtol, max_num_steps=1000):
         """Latent -> data: integrate every block backward, then undo the standardization."""
         return self.unstandardize(self._map(z, atol, rtol, max_num_steps, reverse=True))

@@ -1,0 +1,187 @@
+"""The scikit-learn surface of FFJORDDensity: shapes, determinism, standardization, persistence."""
+
+import io
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from skflow import FFJORDDensity
+from skflow.datasets import make_toy
+
+from .conftest import FAST
+
+
+def test_outputs_have_the_documented_shapes_and_types(fitted_2d):
+    est, X = fitted_2d
+    log_p = est.score_samples(X[:7])
+    assert log_p.shape == (7,) and log_p.dtype == np.float64 and np.isfinite(log_p).all()
+    assert est.score(X[:7]) == pytest.approx(log_p.mean())
+    assert est.sample(5, random_state=0).shape == (5, 2)
+    assert est.transform(X[:3]).shape == (3, 2)
+    assert est.n_features_in_ == 2 and est.n_iter_ == 400
+    entry = est.history_[-1]
+    assert {"iteration", "train_loss", "val_loss", "nfe_forward", "nfe_backward"} <= set(entry)
+
+
+def test_log_density_ignores_batch_mates_and_order(fitted_2d):
+    est, X = fitted_2d
+    X = X[:60]
+    full = est.score_samples(X)
+    pieces = np.concatenate([est.score_samples(X[:1]), est.score_samples(X[1:17]),
+                             est.score_samples(X[17:])])
+    np.testing.assert_allclose(pieces, full, rtol=0, atol=1e-7)
+    order = np.random.RandomState(0).permutation(len(X))
+    np.testing.assert_allclose(est.score_samples(X[order]), full[order], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(est.score_samples(X), full)
+
+
+def test_fit_and_sample_are_repeatable_with_random_state():
+    X = make_toy("moons", 300, random_state=0)
+    a = FFJORDDensity(**FAST).fit(X)
+    b = FFJORDDensity(**FAST).fit(X)
+    np.testing.assert_array_equal(a.score_samples(X[:20]), b.score_samples(X[:20]))
+    np.testing.assert_array_equal(a.sample(10, random_state=1), b.sample(10, random_state=1))
+    assert not np.array_equal(a.sample(10, random_state=1), a.sample(10, random_state=2))
+    c = FFJORDDensity(**{**FAST, "random_state": 1}).fit(X)
+    assert not np.allclose(a.score_samples(X[:20]), c.score_samples(X[:20]))
+
+
+def test_untrained_flow_is_the_gaussian_of_the_standardized_data():
+    # One step at a negligible learning rate leaves the identity flow: the density is then
+    # exactly the Gaussian with the data's mean and per-feature standard deviation.
+    rng = np.random.RandomState(0)
+    X = rng.normal([100.0, -5.0], [1e4, 1e-3], size=(200, 2))
+    est = FFJORDDensity(**{**FAST, "max_iter": 1, "learning_rate": 1e-12}).fit(X)
+    expected = norm(X.mean(0), X.std(0)).logpdf(X[:10]).sum(1)
+    np.testing.assert_allclose(est.score_samples(X[:10]), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shift, scale", [(100.0, 1.0), (0.0, 1e4), (-1e3, 1e-3)])
+def test_units_do_not_change_what_is_learned(shift, scale):
+    # Internal standardization: fitting affinely transformed data gives the same model, with
+    # densities that differ exactly by the log-Jacobian of the transform.
+    X = make_toy("moons", 400, random_state=0)
+    base = FFJORDDensity(**FAST).fit(X)
+    moved = FFJORDDensity(**FAST).fit(X * scale + shift)
+    np.testing.assert_allclose(moved.score_samples(X[:20] * scale + shift),
+                               base.score_samples(X[:20]) - 2 * np.log(scale), atol=1e-3)
+
+
+def test_dataframe_input_records_feature_names():
+    pd = pytest.importorskip("pandas")
+    X = make_toy("moons", 200, random_state=0)
+    df = pd.DataFrame(X, columns=["a", "b"])
+    est = FFJORDDensity(**FAST).fit(df)
+    assert list(est.feature_names_in_) == ["a", "b"]
+    np.testing.assert_allclose(est.score_samples(df), est.score_samples(X))
+
+
+@pytest.mark.parametrize("dump, load", [
+    (lambda est, f: pickle.dump(est, f), pickle.load),
+    (lambda est, f: joblib.dump(est, f), joblib.load),
+])
+def test_pickled_model_scores_identically(fitted_2d, dump, load):
+    est, X = fitted_2d
+    buffer = io.BytesIO()
+    dump(est, buffer)
+    buffer.seek(0)
+    loaded = load(buffer)
+    np.testing.assert_array_equal(loaded.score_samples(X[:30]), est.score_samples(X[:30]))
+    np.testing.assert_array_equal(loaded.sample(5, random_state=0), est.sample(5, random_state=0))
+
+
+def test_pickle_from_an_incompatible_version_is_refused(fitted_2d):
+    est, _ = fitted_2d
+    state = est.__getstate__()
+    state["_skflow_pickle_format"] = 999
+    state["_skflow_version"] = "9.0.0"
+    with pytest.raises(ValueError, match="skflow 9.0.0.*cannot load"):
+        FFJORDDensity().__setstate__(state)
+
+
+def test_device_is_resolved_in_fit_not_init():
+    est = FFJORDDensity(device="auto")
+    assert est.get_params()["device"] == "auto"
+    est.set_params(**{k: v for k, v in FAST.items()}).fit(make_toy("moons", 100, random_state=0))
+    assert est.device == "auto"
+    assert est.device_ == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert next(est.flow_.parameters()).device.type == "cpu"  # kept on the CPU: pickles anywhere
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cuda_request_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        FFJORDDensity(**{**FAST, "device": "cuda"}).fit(make_toy("moons", 100, random_state=0))
+
+
+def test_clone_gives_an_unfitted_copy_with_the_same_parameters(fitted_2d):
+    est, X = fitted_2d
+    copy = clone(est)
+    assert copy.get_params() == est.get_params()
+    with pytest.raises(NotFittedError):
+        copy.score_samples(X)
+
+
+def test_invalid_parameters_are_named():
+    X = make_toy("moons", 100, random_state=0)
+    for params, name in [({"hidden_dims": (16, 0)}, "hidden_dims"),
+                         ({"learning_rate": -1.0}, "learning_rate"),
+                         ({"solver": "leapfrog"}, "solver"),
+                         ({"activation": "relu6"}, "activation")]:
+        with pytest.raises(ValueError, match=name):
+            FFJORDDensity(**{**FAST, **params}).fit(X)
+
+
+def test_constant_column_is_rejected_by_name():
+    pd = pytest.importorskip("pandas")
+    X = make_toy("moons", 100, random_state=0)
+    df = pd.DataFrame({"x": X[:, 0], "flat": 3.0, "y": X[:, 1]})
+    est = FFJORDDensity(**FAST)
+    with pytest.raises(ValueError, match="flat.*constant"):
+        est.fit(df)
+    assert not hasattr(est, "n_features_in_")  # nothing half-fitted
+
+
+def test_failed_refit_leaves_the_fitted_model_untouched(fitted_2d):
+    est, X = fitted_2d
+    est = pickle.loads(pickle.dumps(est))
+    before = est.score_samples(X[:5])
+    with pytest.raises(ValueError, match="constant"):
+        est.fit(np.c_[X, np.ones(len(X))])
+    assert est.n_features_in_ == 2
+    np.testing.assert_array_equal(est.score_samples(X[:5]), before)
+
+
+def test_sample_count_must_be_positive(fitted_2d):
+    est, _ = fitted_2d
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="n_samples"):
+            est.sample(bad)
+
+
+def test_warm_start_continues_from_the_current_weights():
+    X = make_toy("moons", 300, random_state=0)
+    est = FFJORDDensity(**{**FAST, "warm_start": True}).fit(X)
+    first = est.score_samples(X[:10])
+    est.fit(X)
+    assert est.n_iter_ == 2 * FAST["max_iter"]
+    assert len(est.history_) == 4
+    cold = FFJORDDensity(**FAST).fit(X)
+    np.testing.assert_array_equal(cold.score_samples(X[:10]), first)
+    assert not np.allclose(est.score_samples(X[:10]), first)
+
+
+def test_partial_fit_trains_one_pass_per_chunk():
+    X = make_toy("moons", 600, random_state=0)
+    est = FFJORDDensity(**{**FAST, "batch_size": 100})
+    for chunk in np.array_split(X, 3):
+        est.partial_fit(chunk)
+    assert est.n_iter_ == 6  # two minibatches per chunk of 200
+    assert len(est.history_) == 3
+    assert np.isfinite(est.score_samples(X[:5])).all()

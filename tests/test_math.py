@@ -1,0 +1,196 @@
+"""The mathematics of the flow: each test checks one identity the model must satisfy."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import expm
+from scipy.stats import multivariate_normal
+
+from skflow import FFJORDDensity
+from skflow.cnf.divergence import exact_divergence, hutchinson_divergence, sample_noise
+from skflow.cnf.flow import ContinuousFlow
+from skflow.cnf.solver import SolverConfig, solve_per_row
+
+
+def random_flow(n_features, hidden_dims=(16, 16), n_blocks=1, seed=0, scale=0.5):
+    """A float64 flow whose last layers are random (not the identity start)."""
+    torch.manual_seed(seed)
+    flow = ContinuousFlow(n_features, hidden_dims, "tanh", n_blocks=n_blocks).double()
+    for block in flow.blocks:
+        for p in block.net.layers[-1].parameters():
+            torch.nn.init.normal_(p, std=scale)
+    return flow
+
+
+def linear_flow(W, b, shift, scale):
+    """A one-block flow with dynamics exactly f(z, t) = W z + b (no hidden layer, gate = 1)."""
+    d = len(b)
+    flow = ContinuousFlow(d, (), n_blocks=1).double()
+    layer = flow.blocks[0].net.layers[0]
+    with torch.no_grad():
+        layer.linear.weight.copy_(torch.as_tensor(W))
+        layer.linear.bias.copy_(torch.as_tensor(b))
+        layer.gate.weight.zero_()
+        layer.gate.bias.fill_(60.0)  # sigmoid(60) == 1.0 in float64
+        layer.shift.weight.zero_()
+    flow.set_standardization(shift, scale)
+    return flow
+
+
+def test_exact_divergence_matches_autograd_jacobian():
+    flow = random_flow(4)
+    z = torch.randn(7, 4, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    velocity_fn = flow.blocks[0].velocity
+    _, div, jac_sq = exact_divergence(velocity_fn, t, z, create_graph=False)
+    jac = torch.autograd.functional.jacobian(lambda x: velocity_fn(t, x).sum(0), z)  # (4, 7, 4)
+    np.testing.assert_allclose(div, torch.einsum("ibi->b", jac), atol=1e-12)
+    np.testing.assert_allclose(jac_sq, jac.pow(2).sum((0, 2)), atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_hutchinson_estimate_is_unbiased(kind):
+    flow = random_flow(3, scale=1.0)
+    z = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.tensor(0.5, dtype=torch.float64)
+    _, exact, exact_jac_sq = exact_divergence(flow.blocks[0].velocity, t, z, create_graph=False)
+    generator = torch.Generator().manual_seed(0)
+    n = 4000
+    z_rep = z.repeat(n, 1)  # n independent probes per row in one call
+    noise = sample_noise(z_rep.shape, kind, generator, dtype=torch.float64)
+    _, est, est_jac_sq = hutchinson_divergence(flow.blocks[0].velocity, t, z_rep, noise, False)
+    est = est.view(n, 4)
+    std_error = est.std(0) / np.sqrt(n)
+    assert (std_error > 0).all()
+    assert ((est.mean(0) - exact).abs() < 5 * std_error).all()
+    jac_sq = est_jac_sq.view(n, 4)
+    assert ((jac_sq.mean(0) - exact_jac_sq).abs() < 5 * jac_sq.std(0) / np.sqrt(n)).all()
+
+
+def test_zero_dynamics_gives_the_gaussian_of_the_standardization():
+    flow = ContinuousFlow(3, (8,)).double()  # fresh flows start as the identity
+    shift, scale = np.array([100.0, -3.0, 0.0]), np.array([1e4, 0.5, 2.0])
+    flow.set_standardization(shift, scale)
+    x = np.random.RandomState(0).normal(shift, scale, size=(20, 3))
+    log_prob = flow.log_prob(torch.as_tensor(x), 1e-8, 1e-8)
+    expected = multivariate_normal(shift, np.diag(scale ** 2)).logpdf(x)
+    np.testing.assert_allclose(log_prob, expected, rtol=1e-10)
+
+
+def test_linear_dynamics_match_the_closed_form_density():
+    rng = np.random.RandomState(1)
+    d = 3
+    W, b = 0.4 * rng.randn(d, d), 0.3 * rng.randn(d)
+    shift, scale = rng.randn(d), np.exp(rng.randn(d))
+    flow = linear_flow(W, b, shift, scale)
+    x = rng.randn(50, d) * scale + shift
+    # z(1) = e^W z0 + W^{-1}(e^W - I) b and log|det dz(1)/dz0| = Tr(W).
+    z0 = (x - shift) / scale
+    z1 = z0 @ expm(W).T + np.linalg.solve(W, (expm(W) - np.eye(d)) @ b)
+    expected = multivariate_normal(np.zeros(d)).logpdf(z1) + np.trace(W) - np.log(scale).sum()
+    log_prob = flow.log_prob(torch.as_tensor(x), 1e-10, 1e-10).numpy()
+    np.testing.assert_allclose(log_prob, expected, rtol=1e-7)
+    np.testing.assert_allclose(flow.to_latent(torch.as_tensor(x), 1e-10, 1e-10), z1, atol=1e-7)
+
+
+def test_per_row_solver_matches_a_tight_torchdiffeq_solve():
+    flow = random_flow(2, n_blocks=2)
+    x = torch.randn(30, 2, dtype=torch.float64)
+    config = SolverConfig(method="dopri5", atol=1e-11, rtol=1e-11, adjoint=False)
+    dynamics = flow.training_dynamics("exact", ())
+    with torch.no_grad():
+        reference, _ = flow.training_log_prob(x, config, dynamics)
+    log_prob = flow.log_prob(x, 1e-9, 1e-9) - flow.log_abs_det_standardization()
+    np.testing.assert_allclose(log_prob, reference, atol=1e-6)
+
+
+def test_per_row_solver_rows_do_not_interact():
+    # dy/dt = -r y (1 + sin 10t), with each row's rate r carried as a constant second column.
+    # A stiff row (r = 50) beside easy ones must not change their steps.
+    def func(t, y):
+        dy = -y[:, 1:] * y[:, :1] * (1 + torch.sin(10 * t))
+        return torch.cat([dy, torch.zeros_like(dy)], dim=1)
+
+    rates = np.array([1.0, 50.0, 0.1])
+    y0 = torch.tensor([[1.0, r] for r in rates], dtype=torch.float64)
+    together = solve_per_row(func, y0, 1e-6, 1e-6)
+    for i in range(3):
+        alone = solve_per_row(func, y0[i:i + 1], 1e-6, 1e-6)
+        assert together[i, 0].item() == alone[0, 0].item()
+    exact = np.exp(-rates * (1 + (1 - np.cos(10)) / 10))
+    np.testing.assert_allclose(together[:, 0], exact, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_adjoint_gradients_equal_direct_backprop(divergence):
+    x = torch.randn(16, 2, dtype=torch.float64)
+    noise = sample_noise(x.shape, "rademacher", torch.Generator().manual_seed(0),
+                         dtype=torch.float64)
+    grads = []
+    for adjoint in (False, True):
+        flow = random_flow(2, n_blocks=2)
+        flow.blocks[0].sqrt_time_length.requires_grad_(True)  # the learned end time too
+        config = SolverConfig(method="dopri5", atol=1e-10, rtol=1e-10, adjoint=adjoint)
+        dynamics = flow.training_dynamics(divergence, ("kinetic_energy", "jacobian_frobenius"))
+        log_prob, penalties = flow.training_log_prob(x, config, dynamics, noise)
+        loss = -log_prob.mean() + 0.1 * sum(p.mean() for p in penalties.values())
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in flow.parameters()
+                                if p.requires_grad]))
+    assert grads[0].abs().max() > 1e-3
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-8)
+
+
+def test_fixed_grid_training_solver_converges_to_the_adaptive_one():
+    flow = random_flow(2)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    dynamics = flow.training_dynamics("exact", ())
+    with torch.no_grad():
+        adaptive, _ = flow.training_log_prob(x, SolverConfig(atol=1e-10, rtol=1e-10,
+                                                             adjoint=False), dynamics)
+        errors = [(flow.training_log_prob(x, SolverConfig(method="rk4", n_steps=n,
+                                                          adjoint=False), dynamics)[0]
+                   - adaptive).abs().max().item() for n in (2, 4, 8)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 1e-5
+
+
+def test_inverse_transform_undoes_transform(fitted_2d):
+    est, X = fitted_2d
+    Z = est.transform(X[:50])
+    assert np.abs(Z - X[:50]).max() > 0.1  # the flow is not the identity
+    np.testing.assert_allclose(est.inverse_transform(Z), X[:50], atol=1e-4)
+
+
+def test_sampling_follows_the_latent_map(fitted_2d):
+    est, _ = fitted_2d
+    samples = est.sample(40, random_state=3)
+    Z = np.random.RandomState(3).standard_normal((40, 2))
+    np.testing.assert_allclose(est.transform(samples), Z, atol=1e-4)
+
+
+def _trapezoid_2d(values, xs, ys):
+    return np.trapezoid(np.trapezoid(values, ys, axis=1), xs)
+
+
+def test_density_integrates_to_one_in_2d(fitted_2d):
+    est, X = fitted_2d
+    xs = np.linspace(-7, 7, 141)
+    ys = np.linspace(-12, 12, 161)
+    grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
+    density = np.exp(est.score_samples(grid)).reshape(len(xs), len(ys))
+    assert abs(_trapezoid_2d(density, xs, ys) - 1) < 0.01
+
+
+def test_density_integrates_to_one_in_1d():
+    rng = np.random.RandomState(0)
+    X = np.concatenate([rng.normal(-2, 0.4, 300), rng.normal(1, 0.8, 300)])[:, None] * 3 + 10
+    est = FFJORDDensity(hidden_dims=(32, 32), training="flow_matching", max_iter=300,
+                        learning_rate=3e-3, n_iter_no_change=None, validation_interval=100,
+                        random_state=0).fit(X)
+    xs = np.linspace(-20, 40, 3001)
+    density = np.exp(est.score_samples(xs[:, None]))
+    assert abs(np.trapezoid(density, xs) - 1) < 0.01
+    # and it learned the two modes: more mass near each mode than between them
+    at = lambda v: np.exp(est.score_samples(np.array([[v]])))[0]
+    assert at(4) > 2 * at(7) and at(13) > 2 * at(7)
