@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from . import distributed
 from .cnf.divergence import sample_noise
 from .cnf.solver import SolverConfig, SolverError
 
@@ -42,6 +43,9 @@ class TrainingConfig:
     max_recoveries: int = 3
     cosine_decay: bool = True
     verbose: int = 0
+    # Data-parallel over torch.distributed: each rank passes its shard of the training and
+    # validation rows; gradients, validation sums and fault flags are combined across ranks.
+    distributed: bool = False
 
 
 @dataclass
@@ -133,6 +137,16 @@ def validation_loss(flow, X_val, config, chunk_size=2048):
                                      config.max_num_steps)
             total += float((log_prob - flow.log_abs_det_standardization()).sum())
     return -total / X_val.shape[0]
+
+
+def _global_validation_loss(flow, X_val, config):
+    """The validation loss over all ranks' shards of the validation set (same on every rank)."""
+    if not config.distributed:
+        return validation_loss(flow, X_val, config)
+    n = X_val.shape[0]
+    total = validation_loss(flow, X_val, config) * n if n else 0.0
+    sums = distributed.gather_values([total, n]).sum(axis=0)
+    return float(sums[0] / sums[1])
 
 
 def _state_snapshot(flow, optimizer):
@@ -233,15 +247,27 @@ def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * factor
             optimizer.zero_grad(set_to_none=True)
+            fault = None
             try:
                 loss, nll = objective(batch)
                 nfe_forward = objective.nfe
                 if not torch.isfinite(loss):
                     raise FloatingPointError("non-finite loss")
                 loss.backward()
-                if not _gradients_finite(parameters):
-                    raise FloatingPointError("non-finite gradient")
-            except (SolverError, FloatingPointError) as fault:
+            except (SolverError, FloatingPointError) as error:
+                fault = error
+            if config.distributed:  # every rank takes the same branch: recover if any failed
+                if distributed.any_across_ranks(fault is not None) and fault is None:
+                    fault = FloatingPointError("non-finite loss or failed solve on another rank")
+                if fault is None:
+                    distributed.average_gradients(parameters)
+            if fault is None:
+                bad_gradient = not _gradients_finite(parameters)
+                if config.distributed:
+                    bad_gradient = distributed.any_across_ranks(bad_gradient)
+                if bad_gradient:
+                    fault = FloatingPointError("non-finite gradient")
+            if fault is not None:
                 recoveries = _recover(fault, recoveries, flow, optimizer, good_state, config,
                                       n_iter_start + iteration + 1)
                 lr_scale /= 10
@@ -255,19 +281,25 @@ def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
             sums["count"] += 1
 
             if iteration % config.validation_interval == 0 or iteration == config.max_iter:
-                val_loss = validation_loss(flow, X_val, config)
+                val_loss = _global_validation_loss(flow, X_val, config)
                 if not math.isfinite(val_loss):
                     recoveries = _recover(FloatingPointError("non-finite validation loss"),
                                           recoveries, flow, optimizer, good_state, config,
                                           n_iter_start + iteration)
                     lr_scale /= 10
                     continue
-                count = sums["count"]
+                count, elapsed = sums["count"], time.perf_counter() - started
+                if config.distributed:  # means over the ranks, the slowest rank's time
+                    gathered = distributed.gather_values(
+                        [sums["loss"], sums["nfe_forward"], sums["nfe_backward"], elapsed])
+                    sums["loss"], sums["nfe_forward"], sums["nfe_backward"] = map(
+                        float, gathered[:, :3].mean(axis=0))
+                    elapsed = float(gathered[:, 3].max())
                 entry = dict(iteration=n_iter_start + iteration, train_loss=sums["loss"] / count,
                              val_loss=val_loss, nfe_forward=sums["nfe_forward"] / count,
                              nfe_backward=sums["nfe_backward"] / count,
                              learning_rate=optimizer.param_groups[0]["lr"],
-                             time=time.perf_counter() - started)
+                             time=elapsed)
                 history.append(entry)
                 progress.record(entry)
                 sums = dict(loss=0.0, nfe_forward=0, nfe_backward=0, count=0)
