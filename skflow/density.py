@@ -14,6 +14,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import __version__
+from . import distributed as _distributed
 from .cnf.flow import ContinuousFlow
 from .cnf.layers import ACTIVATIONS
 from .cnf.solver import ADAPTIVE_METHODS, FIXED_GRID_METHODS, SolverConfig
@@ -149,6 +150,10 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Best validation negative log-likelihood (standardized units).
     device_ : str
         Device used by the last ``fit``.
+    world_size_ : int
+        Number of processes that trained the model data-parallel in the last ``fit`` (1 when
+        not distributed). Under ``torchrun``, ``fit`` trains data-parallel over
+        ``torch.distributed``: see :mod:`skflow.distributed`.
 
     See Also
     --------
@@ -316,8 +321,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         """Train on ``X`` and set the fitted attributes only once training has succeeded."""
         _check_hidden_dims(self.hidden_dims)
         rng = check_random_state(self.random_state)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
         device = _resolve_device(self.device)
+        world, device = _distributed.setup(device)  # data-parallel under torchrun
+        if world.size > 1:  # all ranks: rank 0's seed and split, the same X
+            rng = _distributed.broadcast_object(rng)
+            _distributed.check_same_data(X)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
 
         if reset:
             master, optimizer_state, n_iter, history = self._new_flow(X, seed), None, 0, []
@@ -344,11 +353,17 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         else:  # validate on (at most 2048) training rows
             X_train, X_val = X, X[order[:2048]]
         to_tensor = lambda a: torch.tensor(a, dtype=torch.float32, device=device)
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(seed + world.rank)
         config = self._training_config(max_iter, validation_interval, n_iter_no_change)
+        if world.size > 1:  # each rank its shard of the rows; the global minibatch is batch_size
+            X_train, X_val = (_distributed.shard_rows(A, world.rank, world.size)
+                              for A in (X_train, X_val))
+            config.batch_size, config.distributed = max(1, self.batch_size // world.size), True
 
         result = train(flow, optimizer, to_tensor(X_train), to_tensor(X_val), config, generator,
                        n_iter_start=n_iter)
+        if world.size > 1:  # every rank ends with rank 0's weights and optimizer state
+            _distributed.broadcast_training_state(flow, optimizer)
 
         master.blocks.load_state_dict(flow.blocks.state_dict())  # casts back to float64
         self.flow_ = master
@@ -357,6 +372,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.history_ = history + result.history
         self.best_validation_loss_ = result.best_validation_loss
         self.device_ = str(device)
+        self.world_size_ = world.size
         if (not result.stopped_early and not result.interrupted and split
                 and self.n_iter_no_change is not None):
             warnings.warn(
