@@ -144,7 +144,10 @@ def _global_validation_loss(flow, X_val, config):
     if not config.distributed:
         return validation_loss(flow, X_val, config)
     n = X_val.shape[0]
-    total = validation_loss(flow, X_val, config) * n if n else 0.0
+    try:
+        total = validation_loss(flow, X_val, config) * n if n else 0.0
+    except SolverError:  # still join the gather, so that every rank sees the fault
+        total = math.nan
     sums = distributed.gather_values([total, n]).sum(axis=0)
     return float(sums[0] / sums[1])
 
@@ -196,7 +199,8 @@ def _recover(fault, recoveries, flow, optimizer, good_state, config, iteration):
             f"training failed {recoveries} times ({fault}) even after restoring the last good "
             "weights and lowering the learning rate. Try a smaller learning_rate, a fixed-grid "
             "solver, a larger weight_decay, or the kinetic_energy / jacobian_frobenius "
-            "regularizers.") from fault
+            "regularizers; if the solves hit max_num_steps, raise max_num_steps or loosen the "
+            "tolerances.") from fault
     flow.load_state_dict(good_state[0])
     optimizer.load_state_dict(good_state[1])
     warnings.warn(f"{fault} at iteration {iteration}: restored the last good weights and divided "
@@ -281,10 +285,14 @@ def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
             sums["count"] += 1
 
             if iteration % config.validation_interval == 0 or iteration == config.max_iter:
-                val_loss = _global_validation_loss(flow, X_val, config)
-                if not math.isfinite(val_loss):
-                    recoveries = _recover(FloatingPointError("non-finite validation loss"),
-                                          recoveries, flow, optimizer, good_state, config,
+                try:
+                    val_loss = _global_validation_loss(flow, X_val, config)
+                    fault = None if math.isfinite(val_loss) else FloatingPointError(
+                        "non-finite validation loss")
+                except SolverError as error:  # a failed validation solve is a fault too
+                    fault = error
+                if fault is not None:
+                    recoveries = _recover(fault, recoveries, flow, optimizer, good_state, config,
                                           n_iter_start + iteration)
                     lr_scale /= 10
                     continue
@@ -318,6 +326,23 @@ def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
     finally:
         progress.close()
 
+    if interrupted and not math.isfinite(best_loss):
+        # Interrupted before the first validation: keep the steps taken if their weights
+        # validate (on this rank's rows: no collectives here), else the last good weights.
+        try:
+            best_loss = validation_loss(flow, X_val, config) if len(X_val) else math.nan
+        except (SolverError, KeyboardInterrupt):
+            best_loss = math.nan
+        if math.isfinite(best_loss):
+            best_state = copy.deepcopy(flow.state_dict())
+        else:
+            best_loss, best_state = math.inf, good_state[0]
+            flow.load_state_dict(best_state)
+    elif not math.isfinite(best_loss):
+        raise TrainingDivergedError(
+            "no validation succeeded: every validation solve failed or was non-finite, so the "
+            "weights were never checked. Try a smaller learning_rate, a larger max_num_steps or "
+            "looser atol / rtol.")
     if math.isfinite(best_loss):
         flow.load_state_dict(best_state)
     return TrainingResult(n_iter=iteration, history=history, best_validation_loss=best_loss,

@@ -152,4 +152,5 @@ def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000):
             raise SolverError("step size underflow in the evaluation solver (stiff dynamics)")
     raise SolverError(
         f"the evaluation solver did not finish within {max_num_steps} steps; the dynamics may be "
-        "stiff, or the tolerances too tight")
+        "stiff, or the tolerances too tight: raise the estimator's max_num_steps or loosen "
+        "eval_atol / eval_rtol")
