@@ -126,8 +126,12 @@ class ContinuousFlow(nn.Module):
     # Evaluation (no gradients): per-row adaptive steps and the exact trace, so rows never
     # interact.
     @torch.no_grad()
-    def log_prob(self, x, atol, rtol, max_num_steps=1000):
-        """Exact log density of ``x`` in data units."""
+    def log_prob(self, x, atol, rtol, max_num_steps=1000, nfe=None):
+        """Exact log density of ``x`` in data units.
+
+        ``nfe``, if given (a tensor of ``len(x)`` counts), receives each row's number of
+        dynamics evaluations over all blocks.
+        """
         z = self.standardize(x)
         log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for block in self.blocks:
@@ -137,7 +141,7 @@ class ContinuousFlow(nn.Module):
                 return torch.cat([velocity.detach(), div.detach()[:, None]], dim=1)
 
             y0 = torch.cat([z, torch.zeros_like(log_det)[:, None]], dim=1)
-            y1 = solve_per_row(func, y0, atol, rtol, max_num_steps=max_num_steps)
+            y1 = solve_per_row(func, y0, atol, rtol, max_num_steps=max_num_steps, nfe=nfe)
             z, log_det = y1[:, :-1], log_det + y1[:, -1]
         return standard_normal_log_prob(z) + log_det + self.log_abs_det_standardization()
 

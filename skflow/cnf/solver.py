@@ -104,13 +104,14 @@ def _initial_step(func, t, y, f0, atol, rtol, direction):
     return torch.minimum(100 * h0, h1).clamp(max=1.0)
 
 
-def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000):
+def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000, nfe=None):
     """Integrate ``dy/ds = func(s, y)`` row by row over ``s`` in [0, 1] (or [1, 0]).
 
     ``func`` takes ``s`` as a column ``(n, 1)`` and ``y`` as ``(n, m)`` and must treat rows
     independently. Each row keeps its own time, step size and error test (RMS over its own
     components), so its result does not depend on the other rows. Finished rows drop out of the
     batch. Raises :class:`SolverError` when a row needs more than ``max_num_steps`` steps.
+    If ``nfe`` (a tensor of ``n`` counts) is given, each row's evaluations of ``func`` are added.
     """
     n = y0.shape[0]
     direction = -1.0 if reverse else 1.0
@@ -120,6 +121,8 @@ def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000):
     f = func(t, y)
     h = _initial_step(func, t, y, f, atol, rtol, direction)
     active = torch.arange(n, device=y0.device)
+    if nfe is not None:
+        nfe += 2
     result = torch.empty_like(y0)
     for _ in range(max_num_steps):
         remaining = (t_end - t[:, 0]) * direction
@@ -129,6 +132,8 @@ def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000):
         for c, a in zip(_C[1:], _A[1:]):
             y_stage = y + hh * sum(a_j * k for a_j, k in zip(a, stages) if a_j != 0.0)
             stages.append(func(t + c * hh, y_stage))
+        if nfe is not None:
+            nfe[active] += len(stages) - 1
         y_new = y + hh * sum(b * k for b, k in zip(_B, stages) if b != 0.0)
         error = hh * sum(e * k for e, k in zip(_B_ERR, stages) if e != 0.0)
         scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
