@@ -194,3 +194,18 @@ def test_density_integrates_to_one_in_1d():
     # and it learned the two modes: more mass near each mode than between them
     at = lambda v: np.exp(est.score_samples(np.array([[v]])))[0]
     assert at(4) > 2 * at(7) and at(13) > 2 * at(7)
+
+
+def test_evaluation_nfe_counts_every_dynamics_call(fitted_2d, monkeypatch):
+    est, X = fitted_2d
+    calls = []
+    from skflow.cnf import flow as flow_module
+    original = flow_module.exact_divergence
+
+    def counting(velocity_fn, t, z, create_graph):
+        calls.append(z.shape[0])
+        return original(velocity_fn, t, z, create_graph)
+
+    monkeypatch.setattr(flow_module, "exact_divergence", counting)
+    nfe = est.evaluation_nfe(X[:1])
+    assert nfe.shape == (1,) and nfe[0] == len(calls) and nfe[0] >= 8
