@@ -33,6 +33,18 @@ def _resolve_device(device):
     return torch.device(device)
 
 
+def _column_mean_std(X):
+    """Per-column mean and standard deviation of float64 ``X``, computed on each column divided
+    by its largest magnitude so that squaring neither overflows (data near 1e200) nor
+    underflows (data near 1e-200). Also returns that standard deviation relative to the
+    column's magnitude, which does not depend on the units."""
+    magnitude = np.abs(X).max(axis=0)
+    magnitude[magnitude == 0] = 1.0
+    unit = X / magnitude
+    relative_std = unit.std(axis=0)
+    return unit.mean(axis=0) * magnitude, relative_std * magnitude, relative_std
+
+
 def _check_hidden_dims(hidden_dims):
     if isinstance(hidden_dims, (Integral, np.integer)):
         hidden_dims = (hidden_dims,)
@@ -269,13 +281,13 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
     def _validate_fit_data(self, X, reset):
-        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32],
-                          ensure_min_samples=2)
+        # 'numeric' refuses arrays of strings; C order makes the fit independent of the layout.
+        X = validate_data(self, X, reset=reset, dtype="numeric", order="C", ensure_min_samples=2)
         X = np.asarray(X, dtype=np.float64)
         if not reset:
             return X
-        scale = X.std(axis=0)
-        constant = scale <= 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(X.mean(0)))
+        # Constant relative to the column's own magnitude, whatever the units.
+        constant = _column_mean_std(X)[2] <= 10 * np.finfo(np.float64).eps
         if constant.any():
             names = getattr(self, "feature_names_in_", None)
             columns = [str(names[i]) if names is not None else str(i)
@@ -309,7 +321,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                                   self.activation, self.n_blocks, self.time_length,
                                   self.train_time_length)
         flow = flow.double()
-        flow.set_standardization(X.mean(axis=0), X.std(axis=0))
+        flow.set_standardization(*_column_mean_std(X)[:2])
         return flow
 
     def _make_optimizer(self, flow):
@@ -337,7 +349,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         # The fitted flow is a float64 master on the CPU. Training runs on a float32 copy that
         # sees data standardized in float64 first: casting raw data centred at 1e3 with a spread
         # of 1e-3 to float32 would lose the signal before standardization could rescue it.
-        X = master.standardize(torch.as_tensor(X, dtype=torch.float64)).numpy()
+        X = master.standardize(torch.tensor(X, dtype=torch.float64)).numpy()  # X may be read-only
         flow = copy.deepcopy(master).to(device=device, dtype=torch.float32)
         flow.set_standardization(np.zeros(X.shape[1]), np.ones(X.shape[1]))
         optimizer = self._make_optimizer(flow)
@@ -462,7 +474,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
     def _check_input(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=np.float64)
+        # 'numeric' refuses arrays of strings, as in fit.
+        return np.asarray(validate_data(self, X, reset=False, dtype="numeric"), dtype=np.float64)
 
     def score_samples(self, X):
         """Log density of each row of ``X``, in the units of ``X``.
@@ -555,8 +568,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             Data-space points.
         """
         check_is_fitted(self)
-        Z = validate_data(self, Z, reset=False, dtype=np.float64, skip_check_array=False)
-        return self._from_latent(Z)
+        return self._from_latent(self._check_input(Z))
 
     def _from_latent(self, Z):
         flow = self._eval_flow()
