@@ -583,7 +583,7 @@ def _python(code, tmp_path, env=None):
     return result.stdout
 
 
-def _tensors(obj, seen=None):
+def _tensors(obj):
     """Every tensor reachable from ``obj`` (dicts, sequences, modules)."""
     if isinstance(obj, torch.Tensor):
         yield obj
@@ -605,6 +605,7 @@ def test_saved_model_loads_in_a_fresh_process_without_cuda(tiny_fit, tmp_path):
     with open(tmp_path / "model.pkl", "wb") as f:
         pickle.dump(est, f)
     joblib.dump(est, tmp_path / "model.joblib")
+    joblib.dump(copy.deepcopy(est).set_params(device="cuda"), tmp_path / "cuda.joblib")
     np.save(tmp_path / "X.npy", X)
     _python(f"""
         import pickle, joblib, numpy as np, torch
@@ -617,17 +618,27 @@ def test_saved_model_loads_in_a_fresh_process_without_cuda(tiny_fit, tmp_path):
         est = joblib.load({str(tmp_path / 'model.joblib')!r})
         np.save({str(tmp_path / 'joblib.npy')!r}, est.score_samples(X))
         np.save({str(tmp_path / 'sample.npy')!r}, est.sample(7, random_state=3))
+        # A model told to use CUDA explicitly says so on a machine without it, and moves.
+        est = joblib.load({str(tmp_path / 'cuda.joblib')!r})
+        try:
+            est.score_samples(X)
+        except ValueError as error:
+            assert "CUDA is not available" in str(error), error
+        else:
+            raise AssertionError("device='cuda' without CUDA did not raise")
+        np.save({str(tmp_path / 'moved.npy')!r}, est.set_params(device="cpu").score_samples(X))
     """, tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
     expected = est.score_samples(X)
     np.testing.assert_array_equal(np.load(tmp_path / "pickle.npy"), expected)
     np.testing.assert_array_equal(np.load(tmp_path / "joblib.npy"), expected)
     np.testing.assert_array_equal(np.load(tmp_path / "sample.npy"), est.sample(7, random_state=3))
+    np.testing.assert_array_equal(np.load(tmp_path / "moved.npy"), expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_model_fitted_on_the_gpu_loads_on_a_cpu_only_machine(tmp_path):
     X = _data()
-    est = _quiet_fit(FFJORDDensity(**{**TINY, "device": "cuda"}), X)
+    est = _quiet_fit(FFJORDDensity(**{**TINY, "device": "auto"}), X)
     assert est.device_.startswith("cuda")
     assert all(t.device.type == "cpu" for t in _tensors(est.__getstate__()))
     joblib.dump(est, tmp_path / "model.joblib")
@@ -637,7 +648,8 @@ def test_model_fitted_on_the_gpu_loads_on_a_cpu_only_machine(tmp_path):
         torch.set_num_threads(1)
         assert not torch.cuda.is_available()
         est = joblib.load({str(tmp_path / 'model.joblib')!r})
-        np.save({str(tmp_path / 'cpu.npy')!r}, est.score_samples(np.load({str(tmp_path / 'X.npy')!r})))
+        X = np.load({str(tmp_path / 'X.npy')!r})
+        np.save({str(tmp_path / 'cpu.npy')!r}, est.score_samples(X))
     """, tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
     np.testing.assert_allclose(np.load(tmp_path / "cpu.npy"), est.score_samples(X), atol=1e-8)
 
