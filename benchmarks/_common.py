@@ -1,0 +1,54 @@
+"""Shared helpers for the benchmark scripts: timing, tables, result files."""
+
+import os
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@contextmanager
+def stopwatch():
+    """``with stopwatch() as elapsed: ...`` then ``elapsed()`` gives the seconds taken."""
+    start = time.perf_counter()
+    end = None
+
+    def elapsed():
+        return (end or time.perf_counter()) - start
+
+    try:
+        yield elapsed
+    finally:
+        end = time.perf_counter()
+
+
+def machine():
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+
+
+def markdown_table(rows, columns):
+    """Rows of dicts -> a markdown table with the given column order."""
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save(name, title, sections, command):
+    """Print and write ``results/<name>.md``: a title, the command, the machine, and tables."""
+    text = [f"# {title}", "", f"Command: `{command}`", "", f"Machine: {machine()}", ""]
+    for heading, table in sections:
+        text += [f"## {heading}", "", table, ""]
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text("\n".join(text))
+    print("\n".join(text))
+    print(f"written to {path}")

@@ -1,0 +1,154 @@
+"""Speed against peers, measured in one run as ratios (zuko must be installed: skflow[benchmarks]).
+
+1. Time to quality: default FFJORDDensity vs zuko's CNF (same hidden widths) given 5x the wall
+   time, held-out log-likelihood on toy densities.
+2. Scoring: exact log densities of 100,000 rows x 10 features, FFJORDDensity vs zuko's CNF
+   exact ``log_prob`` at the same tolerances.
+3. NFE to score: plain FFJORD likelihood training vs regularized (kinetic energy + Jacobian
+   Frobenius, fixed-grid rk4) vs flow matching, with their held-out log-likelihoods.
+
+    python benchmarks/speed_benchmark.py [--fast]
+"""
+
+import argparse
+import sys
+import warnings
+
+import numpy as np
+import torch
+import zuko
+
+from skflow import FFJORDDensity
+from skflow.datasets import make_toy
+
+from _common import markdown_table, save, stopwatch
+
+HIDDEN = (64, 64, 64)
+
+
+def standardizer(X):
+    mean, std = X.mean(0), X.std(0)
+    return (lambda A: torch.as_tensor((A - mean) / std, dtype=torch.float32)), np.log(std).sum()
+
+
+def train_zuko(X, seconds, atol=1e-6, rtol=1e-5, batch_size=512, seed=0):
+    """zuko's CNF trained by maximum likelihood (its exact trace) for a wall-time budget."""
+    torch.manual_seed(seed)
+    to_tensor, log_scale = standardizer(X)
+    flow = zuko.flows.CNF(X.shape[1], hidden_features=HIDDEN)
+    flow.transform.atol, flow.transform.rtol = atol, rtol
+    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
+    data, steps = to_tensor(X), 0
+    with stopwatch() as elapsed:
+        while elapsed() < seconds:
+            batch = data[torch.randint(len(data), (batch_size,))]
+            loss = -flow().log_prob(batch).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+
+    def score_samples(A, chunk=10000):
+        flow.eval()
+        with torch.no_grad():
+            parts = [flow().log_prob(to_tensor(A[i:i + chunk])) for i in range(0, len(A), chunk)]
+        return torch.cat(parts).double().numpy() - log_scale
+
+    return score_samples, steps
+
+
+def time_to_quality(names, n_train, fast):
+    rows = []
+    for name in names:
+        X = make_toy(name, n_train, random_state=0)
+        X_test = make_toy(name, 5000, random_state=1)
+        with warnings.catch_warnings(), stopwatch() as seconds:
+            warnings.simplefilter("ignore")
+            ours = FFJORDDensity(random_state=0, **({"max_iter": 300} if fast else {})).fit(X)
+        ours_s = seconds()
+        zuko_score, zuko_steps = train_zuko(X, 5 * ours_s)
+        ours_ll, zuko_ll = ours.score(X_test), float(np.mean(zuko_score(X_test)))
+        rows.append(dict(dataset=name, skflow_fit_s=ours_s, skflow_loglik=ours_ll,
+                         zuko_fit_s=5 * ours_s, zuko_steps=zuko_steps, zuko_loglik=zuko_ll,
+                         skflow_better=ours_ll > zuko_ll))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def random_network_data(n, d, seed=0):
+    """A non-Gaussian d-dimensional density: a Gaussian pushed through a random tanh network."""
+    rng = np.random.RandomState(seed)
+    Z = rng.standard_normal((n, d))
+    W1, W2 = rng.standard_normal((d, d)) / np.sqrt(d), rng.standard_normal((d, d)) / np.sqrt(d)
+    return Z + np.tanh(Z @ W1) @ W2 * 1.5
+
+
+def scoring(n_rows, fast):
+    d, tol = 10, 1e-6
+    X = random_network_data(5000, d)
+    X_big = random_network_data(n_rows, d, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = FFJORDDensity(random_state=0, eval_atol=tol, eval_rtol=tol,
+                             **({"max_iter": 300} if fast else {})).fit(X)
+    zuko_score, _ = train_zuko(X, 30 if fast else 120, atol=tol, rtol=tol)
+    with stopwatch() as ours_s:
+        ours_ll = ours.score(X_big)
+    with stopwatch() as zuko_s:
+        zuko_ll = float(np.mean(zuko_score(X_big)))
+    row = dict(rows=n_rows, features=d, tolerance=tol, skflow_s=ours_s(), zuko_s=zuko_s(),
+               speedup=zuko_s() / ours_s(), skflow_loglik=ours_ll, zuko_loglik=zuko_ll,
+               skflow_nfe_per_row=float(ours.evaluation_nfe(X_big[:1000]).mean()))
+    print(row, flush=True)
+    return [row]
+
+
+def nfe_comparison(name, fast):
+    X = make_toy(name, 5000, random_state=0)
+    X_test = make_toy(name, 5000, random_state=1)
+    iters = 100 if fast else 1500
+    variants = {
+        "likelihood (FFJORD: dopri5, adjoint, Hutchinson)": dict(training="likelihood"),
+        "likelihood + kinetic + Jacobian (RNODE: rk4 x 8)": dict(
+            training="likelihood", solver="rk4", n_steps=8, kinetic_energy=0.01,
+            jacobian_frobenius=0.01),
+        "flow matching": dict(training="flow_matching"),
+    }
+    rows = []
+    for label, params in variants.items():
+        with warnings.catch_warnings(), stopwatch() as seconds:
+            warnings.simplefilter("ignore")
+            est = FFJORDDensity(random_state=0, max_iter=iters if params["training"] ==
+                                "likelihood" else (300 if fast else 5000), **params).fit(X)
+        rows.append(dict(dataset=name, training=label, fit_s=seconds(), steps=est.n_iter_,
+                         test_loglik=est.score(X_test),
+                         nfe_per_row_scoring=float(est.evaluation_nfe(X_test[:1000]).mean())))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fast", action="store_true")
+    args = parser.parse_args(argv)
+    toy = ["8gaussians"] if args.fast else ["pinwheel", "8gaussians", "moons", "checkerboard"]
+    sections = [
+        ("Time to quality: default FFJORDDensity vs zuko CNF with 5x the wall time",
+         markdown_table(time_to_quality(toy, 2000 if args.fast else 10000, args.fast),
+                        ["dataset", "skflow_fit_s", "skflow_loglik", "zuko_fit_s", "zuko_steps",
+                         "zuko_loglik", "skflow_better"])),
+        ("Exact scoring of many rows, same tolerances",
+         markdown_table(scoring(10000 if args.fast else 100000, args.fast),
+                        ["rows", "features", "tolerance", "skflow_s", "zuko_s", "speedup",
+                         "skflow_loglik", "zuko_loglik", "skflow_nfe_per_row"])),
+        ("Function evaluations to score (per row, evaluation solver) by training method",
+         markdown_table(nfe_comparison("8gaussians", args.fast),
+                        ["dataset", "training", "fit_s", "steps", "test_loglik",
+                         "nfe_per_row_scoring"])),
+    ]
+    save("speed" + ("_fast" if args.fast else ""), "Speed against peers", sections,
+         "python benchmarks/speed_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Held-out log-likelihood, fit time and NFE of FFJORDDensity on the 2-D toy densities, next to
+a tuned GaussianMixture and KernelDensity.
+
+    python benchmarks/toy_benchmark.py [--fast] [--datasets pinwheel moons ...]
+"""
+
+import argparse
+import sys
+import warnings
+
+import numpy as np
+
+from skflow import FFJORDDensity
+from skflow.baselines import tuned_gaussian_mixture, tuned_kernel_density
+from skflow.datasets import TOY_DATASETS, make_toy
+
+from _common import markdown_table, save, stopwatch
+
+
+def run(name, n_train, n_test, params):
+    X = make_toy(name, n_train, random_state=0)
+    X_test = make_toy(name, n_test, random_state=1)
+    n_val = n_train // 10
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with stopwatch() as seconds:
+            flow = FFJORDDensity(random_state=0, **params).fit(X)
+    nfe_train = np.mean([h["nfe_forward"] + h["nfe_backward"] for h in flow.history_])
+    rows.append(dict(dataset=name, model="FFJORDDensity", test_loglik=flow.score(X_test),
+                     fit_s=seconds(), steps=flow.n_iter_, nfe_per_step=float(nfe_train),
+                     nfe_per_row_scoring=float(flow.evaluation_nfe(X_test[:1000]).mean())))
+    for label, tune in (("GaussianMixture", tuned_gaussian_mixture),
+                        ("KernelDensity", tuned_kernel_density)):
+        with stopwatch() as seconds:
+            model = tune(X[n_val:], X[:n_val])
+        rows.append(dict(dataset=name, model=label, test_loglik=model.score(X_test),
+                         fit_s=seconds()))
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(TOY_DATASETS))
+    parser.add_argument("--fast", action="store_true", help="small data and few steps")
+    args = parser.parse_args(argv)
+    n_train, n_test = (2000, 2000) if args.fast else (10000, 10000)
+    params = {"max_iter": 200} if args.fast else {}
+    rows = [row for name in args.datasets for row in run(name, n_train, n_test, params)]
+    columns = ["dataset", "model", "test_loglik", "fit_s", "steps", "nfe_per_step",
+               "nfe_per_row_scoring"]
+    save("toy" + ("_fast" if args.fast else ""),
+         f"Toy densities: {n_train} training rows, {n_test} held-out rows, default parameters",
+         [("Held-out mean log-likelihood (higher is better)", markdown_table(rows, columns))],
+         "python benchmarks/toy_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
