@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from .density import FFJORDDensity  # noqa: E402
+from .outlier import FFJORDOutlierDetector  # noqa: E402
 
-__all__ = ["FFJORDDensity", "__version__"]
+__all__ = ["FFJORDDensity", "FFJORDOutlierDetector", "__version__"]

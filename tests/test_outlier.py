@@ -1,0 +1,158 @@
+"""FFJORDOutlierDetector: the threshold, the outlier API and scikit-learn's estimator checks."""
+
+import inspect
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.metrics import roc_auc_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skflow import FFJORDDensity, FFJORDOutlierDetector
+from skflow.outlier import AUTO_CONTAMINATION
+
+from .conftest import FAST
+
+
+def _fast(**kw):
+    return FFJORDOutlierDetector(hidden_dims=(8,), training="flow_matching", max_iter=5,
+                                 validation_interval=5, eval_atol=1e-4, eval_rtol=1e-4,
+                                 random_state=0, **kw)
+
+
+# One instance: the outlier checks set contamination=0.1 themselves.
+@parametrize_with_checks([_fast()])
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        # Five optimizer steps do not converge, and are not meant to.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+@pytest.fixture(scope="module")
+def blob():
+    rng = np.random.RandomState(0)
+    return rng.normal([0.0, 3.0], [1.0, 0.5], size=(400, 2))
+
+
+def _detector(**kw):
+    params = {**FAST, "max_iter": 60, "n_iter_no_change": None, **kw}
+    return FFJORDOutlierDetector(**params)
+
+
+def test_signature_repeats_every_density_parameter_with_its_default():
+    density = inspect.signature(FFJORDDensity.__init__).parameters
+    detector = inspect.signature(FFJORDOutlierDetector.__init__).parameters
+    assert list(detector)[:-1] == list(density)
+    for name, parameter in density.items():
+        assert detector[name].default == parameter.default, name
+    assert detector["contamination"].default == "auto"
+    assert FFJORDOutlierDetector().get_params()["contamination"] == "auto"
+
+
+@pytest.mark.parametrize("contamination", [0.05, 0.1, 0.25])
+def test_contamination_is_the_share_flagged_on_the_training_rows(blob, contamination):
+    det = _detector(contamination=contamination).fit(blob)
+    scores = det.score_samples(blob)
+    assert det.offset_ == pytest.approx(np.percentile(scores, 100 * contamination))
+    labels = det.predict(blob)
+    assert labels.dtype.kind == "i" and set(np.unique(labels)) == {-1, 1}
+    assert (labels == -1).sum() == int(round(contamination * len(blob)))
+    np.testing.assert_array_equal(det.decision_function(blob), scores - det.offset_)
+
+
+def test_auto_threshold_is_the_first_percentile_of_the_training_log_densities(blob):
+    det = _detector().fit(blob)
+    assert AUTO_CONTAMINATION == 0.01
+    assert det.offset_ == pytest.approx(np.percentile(det.score_samples(blob), 1.0))
+    assert (det.predict(blob) == -1).sum() == 4  # 1% of 400
+
+
+def test_lower_density_is_more_abnormal_and_far_points_are_outliers(blob):
+    det = _detector(contamination=0.05).fit(blob)
+    centre, far = np.array([[0.0, 3.0]]), np.array([[8.0, -6.0]])
+    assert det.score_samples(centre)[0] > det.score_samples(far)[0]
+    np.testing.assert_array_equal(det.predict(np.r_[centre, far]), [1, -1])
+    assert det.decision_function(centre)[0] > 0 > det.decision_function(far)[0]
+
+
+def test_detects_injected_outliers():
+    rng = np.random.RandomState(1)
+    inliers = np.concatenate([rng.normal(-2, 0.4, (300, 2)), rng.normal(2, 0.4, (300, 2))])
+    outliers = rng.uniform(-5, 5, (200, 2))
+    centres = np.array([[-2.0, -2.0], [2.0, 2.0]])
+    distance = np.linalg.norm(outliers[:, None] - centres, axis=2).min(1)
+    outliers = outliers[distance > 2.5][:40]  # six standard deviations off both modes
+    det = _detector(max_iter=150, learning_rate=3e-3, contamination=0.05).fit(inliers)
+    X = np.r_[inliers, outliers]
+    y = np.r_[np.zeros(len(inliers)), np.ones(len(outliers))]
+    assert roc_auc_score(y, -det.score_samples(X)) > 0.95
+    assert (det.predict(outliers) == -1).mean() > 0.8
+
+
+def test_fit_predict_equals_fit_then_predict(blob):
+    det = _detector(contamination=0.1)
+    labels = det.fit_predict(blob)
+    np.testing.assert_array_equal(labels, _detector(contamination=0.1).fit(blob).predict(blob))
+    assert (labels == -1).sum() == 40
+
+
+@pytest.mark.parametrize("bad", [0.0, 0.6, -0.1, "most", None])
+def test_invalid_contamination_is_named(blob, bad):
+    with pytest.raises(ValueError, match="contamination"):
+        _detector(contamination=bad).fit(blob)
+
+
+def test_unfitted_detector_refuses_to_predict(blob):
+    for method in ("predict", "decision_function", "score_samples"):
+        with pytest.raises(NotFittedError):
+            getattr(_detector(), method)(blob)
+
+
+def test_failed_threshold_leaves_a_fresh_detector_unfitted(blob, monkeypatch):
+    det = _detector()
+    monkeypatch.setattr(FFJORDOutlierDetector, "score_samples",
+                        lambda self, X: np.full(len(X), np.nan))
+    with pytest.raises(FloatingPointError, match="threshold"):
+        det.fit(blob)
+    assert not [k for k in vars(det) if k.endswith("_") or k.startswith("_o")]
+    with pytest.raises(NotFittedError):
+        det.predict(blob)
+
+
+def test_failed_refit_leaves_the_fitted_detector_untouched(blob, monkeypatch):
+    det = _detector(contamination=0.1).fit(blob)
+    before = det.decision_function(blob[:10]), det.offset_, det.n_iter_
+    with pytest.raises(ValueError, match="constant"):  # training fails
+        det.fit(np.c_[blob, np.ones(len(blob))])
+
+    def broken(self, X):
+        raise RuntimeError("scoring failed")
+
+    with monkeypatch.context() as patch:  # training succeeds, the threshold fails
+        patch.setattr(FFJORDOutlierDetector, "score_samples", broken)
+        with pytest.raises(RuntimeError, match="scoring failed"):
+            det.set_params(max_iter=3).fit(blob[:200] * 3)
+    assert (det.offset_, det.n_iter_) == before[1:]
+    assert det.n_features_in_ == 2
+    np.testing.assert_array_equal(det.decision_function(blob[:10]), before[0])
+
+
+def test_partial_fit_sets_the_threshold_from_the_chunk(blob):
+    det = _detector(batch_size=100, contamination=0.1)
+    chunks = np.array_split(blob, 2)
+    det.partial_fit(chunks[0])
+    first = det.offset_
+    det.partial_fit(chunks[1])
+    assert det.n_iter_ == 4
+    assert det.offset_ != first
+    assert det.offset_ == pytest.approx(np.percentile(det.score_samples(chunks[1]), 10))
+
+
+def test_pickle_round_trip_keeps_labels(blob):
+    det = _detector(contamination=0.1).fit(blob)
+    again = pickle.loads(pickle.dumps(det))
+    assert again.offset_ == det.offset_
+    np.testing.assert_array_equal(again.decision_function(blob), det.decision_function(blob))
