@@ -22,7 +22,8 @@ ranks) and the same parameters. Then:
   shuffled training set, :func:`shard_rows`), with a minibatch of ``batch_size // world_size``
   rows, so that the global minibatch is ``batch_size``;
 * the Hutchinson probes and minibatch orders come from a generator seeded with ``seed + rank``,
-  so that the ranks draw different noise;
+  so that the ranks draw different noise (and ``'ot_flow_matching'`` pairs data and noise
+  within each rank's share of the minibatch);
 * after ``backward`` the gradients are averaged over the ranks (:func:`average_gradients`),
   which, the per-rank losses being means over equally large minibatches, is the gradient of the
   global minibatch's loss; every rank then takes the same Adam step;
@@ -46,7 +47,8 @@ blocked inside DDP's bucket all-reduce. Averaging the ``.grad`` of every paramet
 flattened all-reduce after ``backward`` is mathematically the same update, costs one
 collective per step (these models have thousands to a few hundred thousand parameters, so
 bucketing and overlap buy little), and lets the fault check come first. Ctrl-C in one rank is
-not coordinated: torchrun stops all ranks.
+not coordinated (torchrun stops all ranks), nor is an error raised in one rank alone (out of
+memory, say): the others wait in their next collective until the process group's timeout.
 
 Dask
 ----
@@ -183,10 +185,10 @@ def average_gradients(parameters):
     dist.all_reduce(buffer)
     buffer /= world.size
     offset = 0
-    flags = buffer[-len(parameters):]
+    present = (buffer[-len(parameters):] > 0).tolist()
     for i, p in enumerate(parameters):
         n = p.numel()
-        if float(flags[i]) > 0:
+        if present[i]:
             p.grad = buffer[offset:offset + n].reshape(p.shape).to(device=p.device,
                                                                     dtype=p.dtype, copy=True)
         else:
