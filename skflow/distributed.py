@@ -197,7 +197,7 @@ def average_gradients(parameters):
 
 
 def any_across_ranks(flag):
-    """True on every rank when ``flag`` is true on any rank (``flag`` itself when not distributed)."""
+    """True on every rank when ``flag`` is true on any rank (``flag`` when not distributed)."""
     flag = bool(flag)
     if world_info().size == 1:
         return flag
