@@ -42,7 +42,8 @@ def worker(args):
     torch.set_num_threads(args.threads)
     X = make_toy("8gaussians", n_samples=args.rows, random_state=0)
     X_test = make_toy("8gaussians", n_samples=2000, random_state=1)
-    params = dict(hidden_dims=tuple(int(h) for h in args.hidden.split(",")), solver="rk4",
+    params = dict(training="likelihood",
+                  hidden_dims=tuple(int(h) for h in args.hidden.split(",")), solver="rk4",
                   n_steps=args.n_steps, batch_size=args.batch_size, learning_rate=1e-3,
                   validation_fraction=args.validation_fraction, n_iter_no_change=None,
                   device=args.device, random_state=0)
