@@ -149,12 +149,34 @@ def recording_broadcast(*args, **kwargs):
 D.broadcast_training_state = recording_broadcast
 X, X_test = bimodal(800, 0), bimodal(400, 1)
 est = FFJORDDensity(**params).fit(X)
-res.update(world_size=est.world_size_, n_iter=est.n_iter_, history=est.history_, drift=drift,
+res.update(world_size=est.world_size_, n_iter=est.n_iter_, history=est.history_,
            scores=est.score_samples(X_test).tolist(),
            weights=[v.ravel().tolist() for v in est.flow_.state_dict().values()])
 est.partial_fit(X[:300])  # streaming continues data-parallel too
 res.update(partial_n_iter=est.n_iter_, partial_world_size=est.world_size_,
-           partial_scores=est.score_samples(X_test[:50]).tolist())
+           partial_scores=est.score_samples(X_test[:50]).tolist(), drift=list(drift))
+
+# A non-finite loss on rank 1 alone: both ranks restore the last good weights, together.
+from skflow import training
+make_objective = training.make_objective
+class NaNOnRank1AtCall4:
+    def __init__(self, objective):
+        self.objective, self.calls = objective, 0
+    @property
+    def nfe(self):
+        return self.objective.nfe
+    def __call__(self, batch):
+        self.calls += 1
+        loss, nll = self.objective(batch)
+        return (loss * float("nan") if rank == 1 and self.calls == 4 else loss), nll
+training.make_objective = lambda *args: NaNOnRank1AtCall4(make_objective(*args))
+with warnings.catch_warnings(record=True) as record:
+    warnings.simplefilter("always")
+    faulty = FFJORDDensity(**dict(params, max_iter=10, validation_interval=5)).fit(X)
+training.make_objective = make_objective
+res.update(fault_warnings=[str(w.message) for w in record if "restored" in str(w.message)],
+           fault_n_iter=faulty.n_iter_, fault_drift=drift[2:],
+           fault_weights=[v.ravel().tolist() for v in faulty.flow_.state_dict().values()])
 
 # Different data on different ranks is refused on every rank (no hang).
 try:
@@ -237,6 +259,16 @@ def test_torchrun_ranks_end_with_the_same_estimator(two_ranks):
     assert r0["partial_n_iter"] == r1["partial_n_iter"] == DP_PARAMS["max_iter"] + 3
     assert r0["partial_world_size"] == 2
     assert r0["partial_scores"] == r1["partial_scores"]
+
+
+def test_torchrun_fault_on_one_rank_is_recovered_by_all(two_ranks):
+    r0, r1 = two_ranks
+    assert len(r0["fault_warnings"]) == len(r1["fault_warnings"]) == 1
+    assert "non-finite loss at iteration 4" in r1["fault_warnings"][0]
+    assert "on another rank at iteration 4" in r0["fault_warnings"][0]
+    assert r0["fault_n_iter"] == r1["fault_n_iter"] == 10
+    assert r0["fault_drift"] == r1["fault_drift"] == [0.0]
+    assert r0["fault_weights"] == r1["fault_weights"]
 
 
 def test_torchrun_refuses_different_data_and_can_be_switched_off(two_ranks):
