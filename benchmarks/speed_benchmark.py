@@ -106,7 +106,7 @@ def scoring(n_rows, fast):
 def nfe_comparison(name, fast):
     X = make_toy(name, 5000, random_state=0)
     X_test = make_toy(name, 5000, random_state=1)
-    iters = 100 if fast else 1500
+    iters = 50 if fast else 400
     variants = {
         "likelihood (FFJORD: dopri5, adjoint, Hutchinson)": dict(training="likelihood"),
         "likelihood + kinetic + Jacobian (RNODE: rk4 x 8)": dict(

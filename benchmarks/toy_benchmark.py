@@ -45,13 +45,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(TOY_DATASETS))
     parser.add_argument("--fast", action="store_true", help="small data and few steps")
+    parser.add_argument("--name", default="toy", help="results file name (without .md)")
     args = parser.parse_args(argv)
     n_train, n_test = (2000, 2000) if args.fast else (10000, 10000)
     params = {"max_iter": 200} if args.fast else {}
     rows = [row for name in args.datasets for row in run(name, n_train, n_test, params)]
     columns = ["dataset", "model", "test_loglik", "fit_s", "steps", "nfe_per_step",
                "nfe_per_row_scoring"]
-    save("toy" + ("_fast" if args.fast else ""),
+    save(args.name + ("_fast" if args.fast else ""),
          f"Toy densities: {n_train} training rows, {n_test} held-out rows, default parameters",
          [("Held-out mean log-likelihood (higher is better)", markdown_table(rows, columns))],
          "python benchmarks/toy_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv))
