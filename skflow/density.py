@@ -17,6 +17,7 @@ from . import __version__
 from . import distributed as _distributed
 from .cnf.flow import ContinuousFlow
 from .cnf.layers import ACTIVATIONS
+from .preprocessing import QuantileGaussianizer
 from .cnf.solver import ADAPTIVE_METHODS, FIXED_GRID_METHODS, SolverConfig
 from .training import OBJECTIVES, TrainingConfig, train
 
@@ -78,6 +79,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     hidden_dims : tuple of int, default=(64, 64, 64)
         Widths of the hidden layers of the dynamics network. Time enters every layer
         (concatsquash layers).
+    preprocessing : {'standardize', 'quantile'}, default='standardize'
+        The invertible map in front of the flow, both with exact log-Jacobians.
+        ``'standardize'``: per-feature mean and standard deviation. ``'quantile'``: first a
+        monotone piecewise-linear map of each feature to a standard-normal marginal, with knots
+        at 128 empirical quantiles (see :class:`skflow.preprocessing.QuantileGaussianizer`);
+        it suits skewed, heavy-tailed or few-valued tabular features.
     activation : {'silu', 'softplus', 'tanh', 'elu', 'swish'}, default='silu'
         Non-linearity between layers; all are smooth, which keeps the ODE non-stiff. ``'swish'``
         learns its slope, ``'silu'`` is swish with slope 1 (it trains fastest with flow
@@ -154,7 +161,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     Attributes
     ----------
     flow_ : skflow.cnf.flow.ContinuousFlow
-        The fitted flow (a torch module, kept on the CPU).
+        The fitted flow (a torch module in float64, kept on the CPU).
+    marginal_ : skflow.preprocessing.QuantileGaussianizer or None
+        The fitted marginal map (``preprocessing='quantile'``), else None.
     n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -195,6 +204,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
     _parameter_constraints = {
         "hidden_dims": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "preprocessing": [StrOptions({"standardize", "quantile"})],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
         "time_length": [Interval(Real, 0, None, closed="neither")],
@@ -228,6 +238,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     def __init__(
         self,
         hidden_dims=(64, 64, 64),
+        preprocessing="standardize",
         activation="silu",
         n_blocks=1,
         time_length=1.0,
@@ -258,6 +269,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         random_state=None,
     ):
         self.hidden_dims = hidden_dims
+        self.preprocessing = preprocessing
         self.activation = activation
         self.n_blocks = n_blocks
         self.time_length = time_length
@@ -362,8 +374,13 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         seed = int(rng.randint(np.iinfo(np.int32).max))
 
         if reset:
+            marginal = (QuantileGaussianizer().fit(X) if self.preprocessing == "quantile"
+                        else None)
+            X = marginal.transform(X)[0] if marginal is not None else X
             master, optimizer_state, n_iter, history = self._new_flow(X, seed), None, 0, []
         else:  # work on copies: a failed run must leave the fitted estimator untouched
+            marginal = self.marginal_
+            X = self._flow_space(X)[0]
             master = copy.deepcopy(self.flow_)
             optimizer_state = copy.deepcopy(self._optimizer_state)
             n_iter, history = self.n_iter_, list(self.history_)
@@ -401,6 +418,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
         master.blocks.load_state_dict(flow.blocks.state_dict())  # casts back to float64
         self.flow_ = master
+        self.marginal_ = marginal
         self._optimizer_state = _to_cpu(optimizer.state_dict())
         self.n_iter_ = n_iter + result.n_iter
         self.history_ = history + result.history
@@ -499,6 +517,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         # 'numeric' refuses arrays of strings, as in fit.
         return np.asarray(validate_data(self, X, reset=False, dtype="numeric"), dtype=np.float64)
 
+    def _flow_space(self, X):
+        """``X`` through the marginal map (if any) and that map's log-Jacobian per row."""
+        if getattr(self, "marginal_", None) is None:
+            return X, np.zeros(X.shape[0])
+        return self.marginal_.transform(X)
+
     def score_samples(self, X):
         """Log density of each row of ``X``, in the units of ``X``.
 
@@ -512,12 +536,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         log_density : ndarray of shape (n_samples,)
             Natural logarithm of the density, float64.
         """
-        X = self._check_input(X)
+        X, log_det = self._flow_space(self._check_input(X))
         flow = self._eval_flow()
         with torch.no_grad():
             parts = [flow.log_prob(chunk, self.eval_atol, self.eval_rtol, self.max_num_steps)
                      for chunk in self._chunks(X, flow)]
-        return torch.cat(parts).cpu().numpy() if parts else np.empty(0)
+        return (torch.cat(parts).cpu().numpy() if parts else np.empty(0)) + log_det
 
     def evaluation_nfe(self, X):
         """Number of dynamics evaluations the evaluation solver needs for each row of ``X``.
@@ -535,7 +559,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         nfe : ndarray of shape (n_samples,)
             Function evaluations per row.
         """
-        X = self._check_input(X)
+        X = self._flow_space(self._check_input(X))[0]
         flow = self._eval_flow()
         counts = []
         with torch.no_grad():
@@ -578,7 +602,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Z : ndarray of shape (n_samples, n_features)
             Latent coordinates.
         """
-        X = self._check_input(X)
+        X = self._flow_space(self._check_input(X))[0]
         flow = self._eval_flow()
         with torch.no_grad():
             parts = [flow.to_latent(c, self.eval_atol, self.eval_rtol, self.max_num_steps)
@@ -623,7 +647,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         with torch.no_grad():
             parts = [flow.from_latent(c, self.eval_atol, self.eval_rtol, self.max_num_steps)
                      for c in self._chunks(Z, flow)]
-        return torch.cat(parts).cpu().numpy()
+        X = torch.cat(parts).cpu().numpy()
+        marginal = getattr(self, "marginal_", None)
+        return marginal.inverse_transform(X) if marginal is not None else X
 
     def sample(self, n_samples=1, random_state=None):
         """Draw samples from the fitted density.

@@ -29,7 +29,7 @@ class FFJORDOutlierDetector(OutlierMixin, FFJORDDensity):
 
     Parameters
     ----------
-    hidden_dims, activation, n_blocks, time_length, train_time_length, training, divergence, \
+    hidden_dims, preprocessing, activation, n_blocks, time_length, train_time_length, training, divergence, \
 noise, solver, n_steps, atol, rtol, eval_atol, eval_rtol, max_num_steps, adjoint, \
 kinetic_energy, jacobian_frobenius, learning_rate, weight_decay, batch_size, max_iter, \
 validation_fraction, n_iter_no_change, validation_interval, warm_start, device, verbose, \
@@ -85,6 +85,7 @@ random_state
     def __init__(
         self,
         hidden_dims=(64, 64, 64),
+        preprocessing="standardize",
         activation="silu",
         n_blocks=1,
         time_length=1.0,
@@ -116,8 +117,8 @@ random_state
         contamination="auto",
     ):
         super().__init__(
-            hidden_dims=hidden_dims, activation=activation, n_blocks=n_blocks,
-            time_length=time_length, train_time_length=train_time_length, training=training,
+            hidden_dims=hidden_dims, preprocessing=preprocessing, activation=activation,
+            n_blocks=n_blocks, time_length=time_length, train_time_length=train_time_length, training=training,
             divergence=divergence, noise=noise, solver=solver, n_steps=n_steps, atol=atol,
             rtol=rtol, eval_atol=eval_atol, eval_rtol=eval_rtol, max_num_steps=max_num_steps,
             adjoint=adjoint, kinetic_energy=kinetic_energy,

@@ -15,6 +15,7 @@ def _fast(**kw):
 @parametrize_with_checks([
     _fast(training="flow_matching"),
     _fast(training="likelihood", solver="rk4", n_steps=2),
+    _fast(training="flow_matching", preprocessing="quantile"),
 ])
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
