@@ -80,11 +80,15 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Widths of the hidden layers of the dynamics network. Time enters every layer
         (concatsquash layers).
     preprocessing : {'standardize', 'quantile'}, default='standardize'
-        The invertible map in front of the flow, both with exact log-Jacobians.
-        ``'standardize'``: per-feature mean and standard deviation. ``'quantile'``: first a
-        monotone piecewise-linear map of each feature to a standard-normal marginal, with knots
-        at 128 empirical quantiles (see :class:`skflow.preprocessing.QuantileGaussianizer`);
-        it suits skewed, heavy-tailed or few-valued tabular features.
+        The invertible map in front of the flow, both with exact log-Jacobians and both
+        followed by per-feature standardization. ``'standardize'``: mean and standard deviation
+        only; smooth densities, better on smooth low-dimensional data such as the 2-D toy
+        densities. ``'quantile'``: a monotone piecewise-linear map of each feature to a
+        standard-normal marginal, with knots at 128 empirical quantiles (see
+        :class:`skflow.preprocessing.QuantileGaussianizer`), so the flow only has to learn the
+        dependence between features; recommended for real tabular data: it scored better on
+        every real tabular set measured (skewed, heavy-tailed or few-valued features; see the
+        README).
     activation : {'silu', 'softplus', 'tanh', 'elu', 'swish'}, default='silu'
         Non-linearity between layers; all are smooth, which keeps the ODE non-stiff. ``'swish'``
         learns its slope, ``'silu'`` is swish with slope 1 (it trains fastest with flow
