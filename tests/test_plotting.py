@@ -133,8 +133,9 @@ def test_plot_history_draws_the_recorded_curves(moons):
 
 def test_plot_history_shows_nfe_for_likelihood_training():
     X = make_toy("8gaussians", 200, random_state=0)
-    est = FFJORDDensity(hidden_dims=(8,), max_iter=4, validation_interval=2, atol=1e-3,
-                        rtol=1e-3, n_iter_no_change=None, random_state=0).fit(X)
+    est = FFJORDDensity(hidden_dims=(8,), training="likelihood", max_iter=4,
+                        validation_interval=2, atol=1e-3, rtol=1e-3, n_iter_no_change=None,
+                        random_state=0).fit(X)
     fig, ax = plt.subplots()
     plot_history(est, ax=ax)
     forward, backward = ax.nfe_axes.get_lines()
