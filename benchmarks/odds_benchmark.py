@@ -46,6 +46,15 @@ from _common import markdown_table, save, stopwatch
 FLOW = dict(training="flow_matching")
 FLOW_FAST = dict(FLOW, max_iter=100, validation_interval=50)
 
+NOTES = """\
+Settings tried for the flow (split seed 0, ROC-AUC on cardio / annthyroid): the defaults
+0.925 / 0.945; the defaults with preprocessing='quantile' 0.900 / 0.928; hidden_dims=(64, 64, 64),
+learning_rate=1e-3, batch_size=256, max_iter=3000 with the default activation 'silu'
+0.778 / 0.925 and with activation='softplus' 0.926 / 0.943. A better validation likelihood does
+not mean a better AUC: on cardio, whose features include few-valued ones, the flows that fit the
+training rows more sharply rank the anomalies worse. Times are wall-clock seconds on a shared
+2-core machine and include scoring the training rows (for offset_) and the test rows."""
+
 
 def split(X, y, seed=0, max_train=None, max_test=None):
     """Half of the normal rows to train on; the other half plus all anomalies to test on."""
@@ -162,7 +171,8 @@ def main(argv=None):
            "IsolationForest(random_state=s); StandardScaler + "
            "LocalOutlierFactor(novelty=True); GaussianMixture(reg_covar=1e-4) with "
            "n_components in (1, 2, 4, 8, 16, 32) picked on a 25% validation split of the "
-           "training rows, refitted on all of them.")],
+           "training rows, refitted on all of them."),
+          ("Notes", NOTES)],
          "python benchmarks/odds_benchmark.py " + " ".join(sys.argv[1:] if argv is None
                                                            else argv))
 
