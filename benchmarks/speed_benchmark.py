@@ -75,11 +75,12 @@ def time_to_quality(names, n_train, fast):
     return rows
 
 
-def random_network_data(n, d, seed=0):
-    """A non-Gaussian d-dimensional density: a Gaussian pushed through a random tanh network."""
-    rng = np.random.RandomState(seed)
-    Z = rng.standard_normal((n, d))
-    W1, W2 = rng.standard_normal((d, d)) / np.sqrt(d), rng.standard_normal((d, d)) / np.sqrt(d)
+def random_network_data(n, d, seed=0, network_seed=0):
+    """A non-Gaussian d-dimensional density: a Gaussian pushed through a random tanh network.
+    ``network_seed`` fixes the density, ``seed`` the draw."""
+    net = np.random.RandomState(network_seed)
+    W1, W2 = net.standard_normal((d, d)) / np.sqrt(d), net.standard_normal((d, d)) / np.sqrt(d)
+    Z = np.random.RandomState(seed).standard_normal((n, d))
     return Z + np.tanh(Z @ W1) @ W2 * 1.5
 
 
