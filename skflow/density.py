@@ -432,8 +432,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         if (not result.stopped_early and not result.interrupted and split
                 and self.n_iter_no_change is not None):
             warnings.warn(
-                f"FFJORDDensity stopped at max_iter={config.max_iter} before the validation loss "
-                "stopped improving; increase max_iter for a better fit.", ConvergenceWarning)
+                f"{type(self).__name__} stopped at max_iter={config.max_iter} before the "
+                "validation loss stopped improving; increase max_iter for a better fit.",
+                ConvergenceWarning)
         return self
 
     def __sklearn_tags__(self):
