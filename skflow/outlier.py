@@ -30,7 +30,7 @@ class FFJORDOutlierDetector(OutlierMixin, FFJORDDensity):
     Parameters
     ----------
     hidden_dims, preprocessing, activation, n_blocks, time_length, train_time_length, training, divergence, \
-noise, solver, n_steps, atol, rtol, eval_atol, eval_rtol, max_num_steps, adjoint, \
+noise, solver, n_steps, atol, rtol, eval_atol, eval_rtol, eval_dtype, max_num_steps, adjoint, \
 kinetic_energy, jacobian_frobenius, learning_rate, weight_decay, batch_size, max_iter, \
 validation_fraction, n_iter_no_change, validation_interval, warm_start, device, verbose, \
 random_state
@@ -99,6 +99,7 @@ random_state
         rtol=1e-5,
         eval_atol=1e-6,
         eval_rtol=1e-6,
+        eval_dtype="float32",
         max_num_steps=1000,
         adjoint=True,
         kinetic_energy=0.0,
@@ -120,7 +121,8 @@ random_state
             hidden_dims=hidden_dims, preprocessing=preprocessing, activation=activation,
             n_blocks=n_blocks, time_length=time_length, train_time_length=train_time_length, training=training,
             divergence=divergence, noise=noise, solver=solver, n_steps=n_steps, atol=atol,
-            rtol=rtol, eval_atol=eval_atol, eval_rtol=eval_rtol, max_num_steps=max_num_steps,
+            rtol=rtol, eval_atol=eval_atol, eval_rtol=eval_rtol, eval_dtype=eval_dtype,
+            max_num_steps=max_num_steps,
             adjoint=adjoint, kinetic_energy=kinetic_energy,
             jacobian_frobenius=jacobian_frobenius, learning_rate=learning_rate,
             weight_decay=weight_decay, batch_size=batch_size, max_iter=max_iter,

@@ -33,6 +33,11 @@ class CNFBlock(nn.Module):
     def velocity(self, s, z):
         return self.time_length * self.net(s, z)
 
+    def velocity_and_divergence(self, s, z):
+        """The velocity and its exact divergence, by forward-mode differentiation (no graph)."""
+        f, trace = self.net.forward_and_trace(s, z)
+        return self.time_length * f, self.time_length * trace
+
 
 class AugmentedDynamics(nn.Module):
     """``(z, log-det, regularizers...)`` dynamics of one block, for torchdiffeq.
@@ -124,33 +129,41 @@ class ContinuousFlow(nn.Module):
         return [AugmentedDynamics(block, divergence, regularizers) for block in self.blocks]
 
     # Evaluation (no gradients): per-row adaptive steps and the exact trace, so rows never
-    # interact.
+    # interact. The standardization runs in the dtype of the input (float64 from the estimator),
+    # the blocks in their own dtype (float32 for speed, or float64), so that data far from the
+    # origin keep their precision through the standardization.
+    @property
+    def block_dtype(self):
+        return self.blocks[0].sqrt_time_length.dtype
+
     @torch.no_grad()
     def log_prob(self, x, atol, rtol, max_num_steps=1000, nfe=None):
-        """Exact log density of ``x`` in data units.
+        """Exact log density of ``x`` in data units, in the dtype of ``x``.
 
         ``nfe``, if given (a tensor of ``len(x)`` counts), receives each row's number of
         dynamics evaluations over all blocks.
         """
-        z = self.standardize(x)
-        log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        z = self.standardize(x).to(self.block_dtype)
+        log_det = torch.zeros(x.shape[0], dtype=z.dtype, device=x.device)
         for block in self.blocks:
             def func(s, y, block=block):
-                velocity, div, _ = exact_divergence(block.velocity, s, y[:, :-1],
-                                                    create_graph=False)
-                return torch.cat([velocity.detach(), div.detach()[:, None]], dim=1)
+                velocity, div = block.velocity_and_divergence(s, y[:, :-1])
+                return torch.cat([velocity, div[:, None]], dim=1)
 
             y0 = torch.cat([z, torch.zeros_like(log_det)[:, None]], dim=1)
             y1 = solve_per_row(func, y0, atol, rtol, max_num_steps=max_num_steps, nfe=nfe)
             z, log_det = y1[:, :-1], log_det + y1[:, -1]
-        return standard_normal_log_prob(z) + log_det + self.log_abs_det_standardization()
+        return (standard_normal_log_prob(z.to(x.dtype)) + log_det.to(x.dtype)
+                + self.log_abs_det_standardization().to(x.dtype))
 
     def _map(self, z, atol, rtol, max_num_steps, reverse):
+        dtype = z.dtype
+        z = z.to(self.block_dtype)
         blocks = reversed(self.blocks) if reverse else self.blocks
         for block in blocks:
             z = solve_per_row(block.velocity, z, atol, rtol, reverse=reverse,
                               max_num_steps=max_num_steps)
-        return z
+        return z.to(dtype)
 
     @torch.no_grad()
     def to_latent(self, x, atol, rtol, max_num_steps=1000):

@@ -15,6 +15,29 @@ class Swish(nn.Module):
     def forward(self, x):
         return x * torch.sigmoid(self.beta * x)
 
+    def value_and_derivative(self, x):
+        s = torch.sigmoid(self.beta * x)
+        return x * s, s + self.beta * x * s * (1 - s)
+
+
+def _silu(x):
+    s = torch.sigmoid(x)
+    return x * s, s * (1 + x * (1 - s))
+
+
+def _softplus(x):
+    return F.softplus(x), torch.sigmoid(x)
+
+
+def _tanh(x):
+    y = torch.tanh(x)
+    return y, 1 - y * y
+
+
+def _elu(x):
+    y = F.elu(x)
+    return y, torch.where(x > 0, torch.ones_like(x), y + 1)
+
 
 ACTIVATIONS = {
     "softplus": nn.Softplus,
@@ -23,6 +46,17 @@ ACTIVATIONS = {
     "swish": Swish,
     "silu": nn.SiLU,
 }
+
+# ``x -> (activation(x), activation'(x))`` for the forward-mode trace; the modules are built with
+# their default settings (softplus beta 1, ELU alpha 1).
+_VALUE_AND_DERIVATIVE = {nn.Softplus: _softplus, nn.Tanh: _tanh, nn.ELU: _elu, nn.SiLU: _silu}
+
+
+def value_and_derivative(activation, x):
+    """``(activation(x), activation'(x))`` elementwise."""
+    if isinstance(activation, Swish):
+        return activation.value_and_derivative(x)
+    return _VALUE_AND_DERIVATIVE[type(activation)](x)
 
 
 class ConcatSquashLinear(nn.Module):
@@ -41,6 +75,13 @@ class ConcatSquashLinear(nn.Module):
     def forward(self, t, x):
         t = t.reshape(-1, 1).to(x.dtype)
         return self.linear(x) * torch.sigmoid(self.gate(t)) + self.shift(t)
+
+    def forward_with_gate(self, t, x):
+        """The output and the gate ``sigmoid(W_g t + b_g)``, the layer's Jacobian being
+        ``gate[:, :, None] * W``."""
+        t = t.reshape(-1, 1).to(x.dtype)
+        gate = torch.sigmoid(self.gate(t))
+        return self.linear(x) * gate + self.shift(t), gate
 
     def zero_output_(self):
         """Make the layer output exactly zero, so a flow ending in it starts as the identity."""
@@ -77,3 +118,33 @@ class DynamicsMLP(nn.Module):
         for layer, activation in zip(self.layers[:-1], self.activations):
             z = activation(layer(t, z))
         return self.layers[-1](t, z)
+
+    def forward_and_trace(self, t, z):
+        """``(f(z, t), Tr(df/dz))`` with the exact trace by forward-mode differentiation.
+
+        The Jacobian of the hidden activations with respect to ``z`` is carried along the layers
+        as ``d`` tangent rows per input row, one matrix product per hidden-to-hidden layer; the
+        first layer's tangents are its (gated) weights and the last layer needs only the diagonal.
+        No autograd graph is built: per row this costs about ``d`` forward passes of the hidden
+        layers, against ``2 d`` full passes for ``d`` vector-Jacobian products.
+        """
+        n, d = z.shape
+        tangents = None  # d(hidden)/dz as (n, d, width)
+        h = z
+        for layer, activation in zip(self.layers[:-1], self.activations):
+            pre, gate = layer.forward_with_gate(t, h)
+            h, slope = value_and_derivative(activation, pre)
+            scale = (gate * slope).unsqueeze(1)  # one pass over the tangents per layer
+            weight_t = layer.linear.weight.t()
+            if tangents is None:
+                tangents = scale * weight_t.contiguous()
+            else:
+                tangents = (tangents.view(n * d, -1) @ weight_t).view(n, d, -1).mul_(scale)
+        out, gate = self.layers[-1].forward_with_gate(t, h)
+        weight = self.layers[-1].linear.weight
+        if tangents is None:
+            diagonal = torch.diagonal(weight).unsqueeze(0)
+        else:
+            # diagonal[b, i] = sum_k weight[i, k] * tangents[b, i, k]
+            diagonal = (tangents * weight).sum(-1)
+        return out, (diagonal * gate).sum(-1)

@@ -154,8 +154,9 @@ def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000, nfe=N
             if active.numel() == 0:
                 return result
         if (h < 1e-12).any():
-            raise SolverError("step size underflow in the evaluation solver (stiff dynamics)")
+            raise SolverError("step size underflow in the evaluation solver: stiff dynamics, or "
+                              "tolerances below the evaluation precision (eval_dtype)")
     raise SolverError(
         f"the evaluation solver did not finish within {max_num_steps} steps; the dynamics may be "
-        "stiff, or the tolerances too tight: raise the estimator's max_num_steps or loosen "
-        "eval_atol / eval_rtol")
+        "stiff, or the tolerances too tight: raise the estimator's max_num_steps, loosen "
+        "eval_atol / eval_rtol, or (below about 1e-7) evaluate with eval_dtype='float64'")
