@@ -17,12 +17,12 @@ from . import __version__
 from . import distributed as _distributed
 from .cnf.flow import ContinuousFlow
 from .cnf.layers import ACTIVATIONS
-from .preprocessing import QuantileGaussianizer
+from .preprocessing import QuantileGaussianizer, marginals_need_gaussianizing
 from .cnf.solver import ADAPTIVE_METHODS, FIXED_GRID_METHODS, SolverConfig
 from .training import OBJECTIVES, TrainingConfig, train
 
 # Bumped whenever the pickled state changes incompatibly.
-_PICKLE_FORMAT = 1
+_PICKLE_FORMAT = 2  # 2: eval_dtype, preprocessing_, quantile map with atoms
 
 
 def _resolve_device(device):
@@ -80,16 +80,19 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     hidden_dims : tuple of int, default=(64, 64, 64)
         Widths of the hidden layers of the dynamics network. Time enters every layer
         (concatsquash layers).
-    preprocessing : {'standardize', 'quantile'}, default='standardize'
+    preprocessing : {'auto', 'standardize', 'quantile'}, default='auto'
         The invertible map in front of the flow, both with exact log-Jacobians and both
         followed by per-feature standardization. ``'standardize'``: mean and standard deviation
-        only; smooth densities, better on smooth low-dimensional data such as the 2-D toy
+        only; smooth densities, better on smooth light-tailed data such as the 2-D toy
         densities. ``'quantile'``: a monotone piecewise-linear map of each feature to a
-        standard-normal marginal, with knots at 128 empirical quantiles (see
+        standard-normal marginal, with knots at empirical quantiles (see
         :class:`skflow.preprocessing.QuantileGaussianizer`), so the flow only has to learn the
-        dependence between features; recommended for real tabular data: it scored better on
-        every real tabular set measured (skewed, heavy-tailed or few-valued features; see the
-        README).
+        dependence between features; it scored better on every real tabular set measured
+        (skewed, heavy-tailed or few-valued features; see the README). ``'auto'``: the
+        quantile map when some feature is strongly skewed (|skewness| > 1), heavy-tailed
+        (excess kurtosis > 3) or has one value in over 5% of the rows, else standardization
+        (see :func:`skflow.preprocessing.marginals_need_gaussianizing`); the choice is stored
+        in ``preprocessing_``.
     activation : {'silu', 'softplus', 'tanh', 'elu', 'swish'}, default='silu'
         Non-linearity between layers; all are smooth, which keeps the ODE non-stiff. ``'swish'``
         learns its slope, ``'silu'`` is swish with slope 1 (it trains fastest with flow
@@ -172,8 +175,10 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     ----------
     flow_ : skflow.cnf.flow.ContinuousFlow
         The fitted flow (a torch module in float64, kept on the CPU).
+    preprocessing_ : {'standardize', 'quantile'}
+        The preprocessing used (``preprocessing='auto'`` resolved on the training data).
     marginal_ : skflow.preprocessing.QuantileGaussianizer or None
-        The fitted marginal map (``preprocessing='quantile'``), else None.
+        The fitted marginal map (when ``preprocessing_ == 'quantile'``), else None.
     n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -214,7 +219,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
     _parameter_constraints = {
         "hidden_dims": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "preprocessing": [StrOptions({"standardize", "quantile"})],
+        "preprocessing": [StrOptions({"auto", "standardize", "quantile"})],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
         "time_length": [Interval(Real, 0, None, closed="neither")],
@@ -249,7 +254,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     def __init__(
         self,
         hidden_dims=(64, 64, 64),
-        preprocessing="standardize",
+        preprocessing="auto",
         activation="silu",
         n_blocks=1,
         time_length=1.0,
@@ -387,12 +392,15 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         seed = int(rng.randint(np.iinfo(np.int32).max))
 
         if reset:
-            marginal = (QuantileGaussianizer().fit(X) if self.preprocessing == "quantile"
-                        else None)
+            preprocessing = self.preprocessing
+            if preprocessing == "auto":
+                preprocessing = ("quantile" if marginals_need_gaussianizing(X)
+                                 else "standardize")
+            marginal = QuantileGaussianizer().fit(X) if preprocessing == "quantile" else None
             X = marginal.transform(X)[0] if marginal is not None else X
             master, optimizer_state, n_iter, history = self._new_flow(X, seed), None, 0, []
         else:  # work on copies: a failed run must leave the fitted estimator untouched
-            marginal = self.marginal_
+            preprocessing, marginal = self.preprocessing_, self.marginal_
             X = self._flow_space(X)[0]
             master = copy.deepcopy(self.flow_)
             optimizer_state = copy.deepcopy(self._optimizer_state)
@@ -431,6 +439,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
         master.blocks.load_state_dict(flow.blocks.state_dict())  # casts back to float64
         self.flow_ = master
+        self.preprocessing_ = preprocessing
         self.marginal_ = marginal
         self._optimizer_state = _to_cpu(optimizer.state_dict())
         self.n_iter_ = n_iter + result.n_iter
@@ -717,7 +726,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         if version != __version__:
             warnings.warn(f"Loading a {type(self).__name__} saved by skflow {version} with skflow "
                           f"{__version__}.", UserWarning)
-        state.setdefault("eval_dtype", "float64")  # saved before the parameter existed
         super().__setstate__(state)
 
 

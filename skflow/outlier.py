@@ -85,7 +85,7 @@ random_state
     def __init__(
         self,
         hidden_dims=(64, 64, 64),
-        preprocessing="standardize",
+        preprocessing="auto",
         activation="silu",
         n_blocks=1,
         time_length=1.0,

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 
 from skflow import FFJORDDensity
-from skflow.preprocessing import QuantileGaussianizer
+from skflow.datasets import make_toy
+from skflow.preprocessing import QuantileGaussianizer, marginals_need_gaussianizing
 
 
 @pytest.fixture
@@ -48,5 +50,70 @@ def test_quantile_flow_integrates_to_one_and_inverts():
     assert abs(np.trapezoid(density, xs) - 1) < 0.01
     assert density[np.argmin(np.abs(xs - 3.0))] > 5 * density[np.argmin(np.abs(xs - 5.0))]
     np.testing.assert_allclose(est.inverse_transform(est.transform(X[:20])), X[:20], atol=1e-5)
-    assert est.marginal_ is not None
-    assert FFJORDDensity(hidden_dims=(8,), max_iter=5).fit(X).marginal_ is None
+    assert est.marginal_ is not None and est.preprocessing_ == "quantile"
+    plain = FFJORDDensity(preprocessing="standardize", hidden_dims=(8,), max_iter=5).fit(X)
+    assert plain.marginal_ is None and plain.preprocessing_ == "standardize"
+
+
+def test_auto_preprocessing_gaussianizes_skewed_heavy_tailed_or_repeated_features():
+    rng = np.random.RandomState(0)
+    normal = rng.normal(size=(2000, 3))
+    assert not marginals_need_gaussianizing(normal)
+    assert not marginals_need_gaussianizing(make_toy("pinwheel", 2000, random_state=0))
+    skewed = normal.copy()
+    skewed[:, 1] = rng.exponential(size=2000)  # skewness 2
+    heavy = normal.copy()
+    heavy[:, 2] = rng.standard_t(3, size=2000)  # symmetric, heavy tails
+    repeated = normal.copy()
+    repeated[:300, 0] = 0.25  # one value in 15% of the rows
+    for X in (skewed, heavy, repeated):
+        assert marginals_need_gaussianizing(X)
+    small = dict(hidden_dims=(8,), max_iter=5, random_state=0)
+    assert FFJORDDensity(**small).fit(skewed).preprocessing_ == "quantile"
+    est = FFJORDDensity(**small).fit(normal)
+    assert est.preprocessing_ == "standardize" and est.marginal_ is None
+    assert est.get_params()["preprocessing"] == "auto"  # the parameter itself is untouched
+
+
+def _marginal_density(q, grid):
+    Z, log_det = q.transform(grid[:, None])
+    return np.exp(norm.logpdf(Z[:, 0]) + log_det)
+
+
+def test_repeated_values_get_their_own_segment_with_their_share():
+    rng = np.random.RandomState(1)
+    # a zero-inflated feature: 30% exact zeros (the minimum), the rest spread out, plus an
+    # atom at 2.0 holding 10%
+    column = np.r_[np.zeros(300), np.full(100, 2.0), rng.gamma(2.0, 1.5, 600) + 0.01]
+    q = QuantileGaussianizer().fit(column[:, None])
+    xs, zs = q.knots_x_[0], q.knots_z_[0]
+    values = np.unique(column)
+    for atom, share in ((0.0, 0.3), (2.0, 0.1)):
+        k = np.searchsorted(values, atom)
+        gaps = np.diff(values)[max(k - 1, 0):k + 1]
+        delta = 0.5 * gaps.min()
+        lo, hi = np.searchsorted(xs, [atom - delta, atom + delta])
+        assert np.isclose(xs[lo], atom - delta) and np.isclose(xs[hi], atom + delta)
+        assert hi == lo + 1  # one steep segment, no knot inside
+        assert norm.cdf(zs[hi]) - norm.cdf(zs[lo]) == pytest.approx(share, abs=0.002)
+    # The left tail (below the zero atom) continues with the average slope, not the atom's.
+    slopes = q.slopes_[0]
+    assert slopes[0] == pytest.approx((zs[-1] - zs[0]) / (xs[-1] - xs[0]))
+    assert slopes[0] < slopes[1] / 100
+
+
+@pytest.mark.parametrize("kind", ["zero_inflated", "binary", "continuous"])
+def test_marginal_density_of_the_map_integrates_to_one(kind):
+    rng = np.random.RandomState(2)
+    column = {"zero_inflated": np.r_[np.zeros(300), rng.exponential(1.0, 700)],
+              "binary": rng.randint(0, 2, 500).astype(float),
+              "continuous": rng.standard_t(4, 2000)}[kind]
+    q = QuantileGaussianizer().fit(column[:, None])
+    # Quadrature segment by segment: the density is smooth between knots, and the steep atom
+    # segments are far narrower than any uniform grid.
+    edges = np.r_[column.min() - 60, q.knots_x_[0], column.max() + 60]
+    total = 0.0
+    for a, b in zip(edges[:-1], edges[1:]):
+        grid = np.linspace(a, b, 2001)[1:-1]
+        total += np.trapezoid(_marginal_density(q, grid), grid) * (b - a) / (grid[-1] - grid[0])
+    assert total == pytest.approx(1.0, abs=2e-3)
