@@ -202,3 +202,17 @@ def test_partial_fit_trains_one_pass_per_chunk():
     assert est.n_iter_ == 6  # two minibatches per chunk of 200
     assert len(est.history_) == 3
     assert np.isfinite(est.score_samples(X[:5])).all()
+
+
+@pytest.mark.parametrize("solver", ["dopri5", "dopri8", "bosh3", "adaptive_heun", "rk4", "midpoint",
+                                    "euler"])
+def test_every_accepted_training_solver_runs(solver):
+    # Each accepted name must reach a torchdiffeq method (a name torchdiffeq lacks once slipped
+    # into the accepted list).
+    X = np.random.RandomState(0).normal(size=(60, 2))
+    est = FFJORDDensity(hidden_dims=(8,), training="likelihood", solver=solver, n_steps=2,
+                        max_iter=2, validation_interval=1, atol=1e-3, rtol=1e-3,
+                        random_state=0).fit(X)
+    assert est.n_iter_ == 2 and est.history_[-1]["nfe_forward"] > 0
+    with pytest.raises(ValueError, match="solver"):
+        FFJORDDensity(solver="tsit5").fit(X)

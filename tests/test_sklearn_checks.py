@@ -12,11 +12,21 @@ def _fast(**kw):
     return FFJORDDensity(hidden_dims=(8,), max_iter=5, validation_interval=5, random_state=0, **kw)
 
 
+def float32_rounding(estimator):
+    """The one check float32 evaluation may miss: it compares scores of a batch and of its
+    subsets to 1e-7, about float32's rounding, and the matrix products' rounding depends on
+    the batch size. The float64 instance passes it."""
+    if estimator.eval_dtype == "float64":
+        return {}
+    return {"check_methods_subset_invariance": "float32 rounding is about the check's 1e-7"}
+
+
 @parametrize_with_checks([
     _fast(training="flow_matching"),
+    _fast(training="flow_matching", eval_dtype="float64"),
     _fast(training="likelihood", solver="rk4", n_steps=2),
     _fast(training="flow_matching", preprocessing="quantile"),
-])
+], expected_failed_checks=float32_rounding)
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         # Five optimizer steps do not converge, and are not meant to.

@@ -15,28 +15,45 @@ class Swish(nn.Module):
     def forward(self, x):
         return x * torch.sigmoid(self.beta * x)
 
-    def value_and_derivative(self, x):
+    def value_and_scaled_derivative(self, x, scale):
         s = torch.sigmoid(self.beta * x)
-        return x * s, s + self.beta * x * s * (1 - s)
+        y = x * s
+        return y, scale * (s + self.beta * y * (1 - s))
 
 
-def _silu(x):
-    s = torch.sigmoid(x)
-    return x * s, s * (1 + x * (1 - s))
+# ``(activation(x), scale * activation'(x))`` for the forward-mode trace, each derivative in one
+# fused kernel (the ones autograd uses). The modules are built with their default settings
+# (softplus beta 1 and threshold 20, ELU alpha 1).
+_aten = torch.ops.aten
 
 
-def _softplus(x):
-    return F.softplus(x), torch.sigmoid(x)
+def _silu(x, scale):
+    return F.silu(x), _aten.silu_backward(scale, x)
 
 
-def _tanh(x):
+def _softplus(x, scale):
+    return F.softplus(x), _aten.softplus_backward(scale, x, 1.0, 20.0)
+
+
+def _tanh(x, scale):
     y = torch.tanh(x)
-    return y, 1 - y * y
+    return y, _aten.tanh_backward(scale, y)
 
 
-def _elu(x):
+def _elu(x, scale):
     y = F.elu(x)
-    return y, torch.where(x > 0, torch.ones_like(x), y + 1)
+    return y, _aten.elu_backward(scale, 1.0, 1.0, 1.0, True, y)
+
+
+_VALUE_AND_SCALED_DERIVATIVE = {nn.SiLU: _silu, nn.Softplus: _softplus, nn.Tanh: _tanh,
+                                nn.ELU: _elu}
+
+
+def value_and_scaled_derivative(activation, x, scale):
+    """``(activation(x), scale * activation'(x))`` elementwise."""
+    if isinstance(activation, Swish):
+        return activation.value_and_scaled_derivative(x, scale)
+    return _VALUE_AND_SCALED_DERIVATIVE[type(activation)](x, scale)
 
 
 ACTIVATIONS = {
@@ -46,17 +63,6 @@ ACTIVATIONS = {
     "swish": Swish,
     "silu": nn.SiLU,
 }
-
-# ``x -> (activation(x), activation'(x))`` for the forward-mode trace; the modules are built with
-# their default settings (softplus beta 1, ELU alpha 1).
-_VALUE_AND_DERIVATIVE = {nn.Softplus: _softplus, nn.Tanh: _tanh, nn.ELU: _elu, nn.SiLU: _silu}
-
-
-def value_and_derivative(activation, x):
-    """``(activation(x), activation'(x))`` elementwise."""
-    if isinstance(activation, Swish):
-        return activation.value_and_derivative(x)
-    return _VALUE_AND_DERIVATIVE[type(activation)](x)
 
 
 class ConcatSquashLinear(nn.Module):
@@ -133,8 +139,8 @@ class DynamicsMLP(nn.Module):
         h = z
         for layer, activation in zip(self.layers[:-1], self.activations):
             pre, gate = layer.forward_with_gate(t, h)
-            h, slope = value_and_derivative(activation, pre)
-            scale = (gate * slope).unsqueeze(1)  # one pass over the tangents per layer
+            h, scale = value_and_scaled_derivative(activation, pre, gate)
+            scale = scale.unsqueeze(1)  # one pass over the tangents per layer
             weight_t = layer.linear.weight.t()
             if tangents is None:
                 tangents = scale * weight_t.contiguous()

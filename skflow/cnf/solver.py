@@ -15,7 +15,7 @@ import torch
 import torchdiffeq
 
 FIXED_GRID_METHODS = ("euler", "midpoint", "rk4")
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "tsit5")
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 
 
 class SolverError(RuntimeError):
@@ -124,18 +124,27 @@ def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000, nfe=N
     if nfe is not None:
         nfe += 2
     result = torch.empty_like(y0)
+    # Stage combinations as one matrix product each: (stages) x (stages, rows * columns).
+    # Row i < 7 builds stage i; the last stage is evaluated at the 5th-order solution (FSAL);
+    # row 7 is the error estimate.
+    tableau = torch.zeros(len(_C) + 1, len(_C), dtype=y0.dtype, device=y0.device)
+    for i, a in enumerate(_A[1:], start=1):
+        tableau[i, :len(a)] = torch.tensor(a, dtype=y0.dtype)
+    tableau[-1] = torch.tensor(_B_ERR, dtype=y0.dtype)
     for _ in range(max_num_steps):
         remaining = (t_end - t[:, 0]) * direction
         h = torch.minimum(h, remaining)
         hh = (direction * h)[:, None]
-        stages = [f]
-        for c, a in zip(_C[1:], _A[1:]):
-            y_stage = y + hh * sum(a_j * k for a_j, k in zip(a, stages) if a_j != 0.0)
-            stages.append(func(t + c * hh, y_stage))
+        stages = torch.empty((len(_C),) + tuple(y.shape), dtype=y.dtype, device=y.device)
+        stages[0] = f
+        flat = stages.view(len(_C), -1)
+        for i in range(1, len(_C)):
+            y_stage = torch.addcmul(y, hh, (tableau[i, :i] @ flat[:i]).view_as(y))
+            stages[i] = func(t + _C[i] * hh, y_stage)
         if nfe is not None:
-            nfe[active] += len(stages) - 1
-        y_new = y + hh * sum(b * k for b, k in zip(_B, stages) if b != 0.0)
-        error = hh * sum(e * k for e, k in zip(_B_ERR, stages) if e != 0.0)
+            nfe[active] += len(_C) - 1
+        y_new = y_stage  # _A[-1] == _B
+        error = hh * (tableau[-1] @ flat).view_as(y)
         scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
         error_ratio = _rms(error / scale)
         if not torch.isfinite(y_new).all():
