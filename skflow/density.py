@@ -187,9 +187,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Optimizer steps taken, over all calls to ``fit`` / ``partial_fit`` since the last
         fresh start.
     history_ : list of dict
-        One entry per validation: ``iteration``, ``train_loss`` and ``val_loss`` (negative
-        log-likelihood in nats per row, standardized units), ``nfe_forward`` and
-        ``nfe_backward`` (function evaluations per step), ``learning_rate``, ``time``.
+        One entry per validation: ``iteration``, ``train_loss`` (the training objective
+        averaged since the last entry: the negative log-likelihood plus penalties under
+        ``'likelihood'``, the velocity regression loss under flow matching), ``val_loss``
+        (validation negative log-likelihood in nats per row, standardized units),
+        ``nfe_forward`` and ``nfe_backward`` (function evaluations per step; zero under flow
+        matching, which solves no ODE), ``learning_rate``, ``time``.
     best_validation_loss_ : float
         Best validation negative log-likelihood (standardized units).
     device_ : str
@@ -531,18 +534,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         return flow
 
     def _chunks(self, A, flow):
-        # The exact trace carries n_features tangents of every hidden layer per row. On a CPU,
-        # chunks whose tangent arrays stay under about 1 MiB run fastest: larger arrays leave
-        # the cache and, with glibc's allocator, are returned to the system and faulted back in
-        # at every evaluation (measured, float32, 10 features, width 64, per row and
-        # evaluation: 256 rows 3.8 us, 512 rows 3.3 us, 820 rows 5.4 us, 2048 rows 4.5 us).
-        # A GPU wants large chunks.
-        width = max(layer.linear.out_features for layer in flow.blocks[0].net.layers)
-        tangent_bytes = flow.n_features * width * torch.finfo(flow.block_dtype).bits // 8
-        if flow.shift.device.type == "cpu":
-            rows = min(8192, max(64, 2 ** 20 // tangent_bytes))
-        else:
-            rows = max(256, 2 ** 26 // tangent_bytes)
+        rows = flow.evaluation_chunk_rows()
         for start in range(0, A.shape[0], rows):
             # A copy: the input may be a read-only array or memory map.
             yield torch.tensor(A[start:start + rows], dtype=torch.float64,

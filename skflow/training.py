@@ -139,8 +139,9 @@ def make_objective(flow, config, generator):
     return FlowMatchingObjective(flow, config, generator, ot=config.objective == "ot_flow_matching")
 
 
-def validation_loss(flow, X_val, config, chunk_size=2048):
+def validation_loss(flow, X_val, config):
     """Mean exact negative log-likelihood (standardized units) with the per-row solver."""
+    chunk_size = flow.evaluation_chunk_rows()
     with torch.no_grad():
         total = 0.0
         for start in range(0, X_val.shape[0], chunk_size):

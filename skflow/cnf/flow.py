@@ -136,6 +136,22 @@ class ContinuousFlow(nn.Module):
     def block_dtype(self):
         return self.blocks[0].sqrt_time_length.dtype
 
+    def evaluation_chunk_rows(self):
+        """Rows per evaluation call.
+
+        The exact trace carries ``n_features`` tangents of every hidden layer per row. On a CPU,
+        chunks whose tangent arrays stay under about 1 MiB run fastest: larger arrays leave the
+        cache and, with glibc's allocator, are returned to the system and faulted back in at
+        every evaluation (measured, float32, 10 features, width 64, per row and evaluation:
+        256 rows 3.8 us, 512 rows 3.3 us, 820 rows 5.4 us, 2048 rows 4.5 us). A GPU wants large
+        chunks.
+        """
+        width = max(layer.linear.out_features for layer in self.blocks[0].net.layers)
+        tangent_bytes = self.n_features * width * torch.finfo(self.block_dtype).bits // 8
+        if self.shift.device.type == "cpu":
+            return min(8192, max(64, 2 ** 20 // tangent_bytes))
+        return max(256, 2 ** 26 // tangent_bytes)
+
     @torch.no_grad()
     def log_prob(self, x, atol, rtol, max_num_steps=1000, nfe=None):
         """Exact log density of ``x`` in data units, in the dtype of ``x``.
