@@ -52,7 +52,11 @@ Settings tried for the flow (split seed 0, ROC-AUC on cardio / annthyroid): the 
 learning_rate=1e-3, batch_size=256, max_iter=3000 with the default activation 'silu'
 0.778 / 0.925 and with activation='softplus' 0.926 / 0.943. A better validation likelihood does
 not mean a better AUC: on cardio, whose features include few-valued ones, the flows that fit the
-training rows more sharply rank the anomalies worse. Times are wall-clock seconds on a shared
+training rows more sharply rank the anomalies worse. FFJORDDensity's default
+preprocessing='auto' (the quantile map with its sharp segments for repeated values, chosen on
+all four sets) gave ROC-AUC thyroid 0.989, cardio 0.846 +- 0.078, mammography 0.872, annthyroid
+0.933, mean 0.910 against 0.923 for standardization, so FFJORDOutlierDetector defaults to
+preprocessing='standardize'. Times are wall-clock seconds on a shared
 2-core machine and include scoring the training rows (for offset_) and the test rows."""
 
 

@@ -129,28 +129,35 @@ class DynamicsMLP(nn.Module):
         """``(f(z, t), Tr(df/dz))`` with the exact trace by forward-mode differentiation.
 
         The Jacobian of the hidden activations with respect to ``z`` is carried along the layers
-        as ``d`` tangent rows per input row, one matrix product per hidden-to-hidden layer; the
-        first layer's tangents are its (gated) weights and the last layer needs only the diagonal.
-        No autograd graph is built: per row this costs about ``d`` forward passes of the hidden
-        layers, against ``2 d`` full passes for ``d`` vector-Jacobian products.
+        as ``d`` tangent rows per input row, one matrix product per hidden layer after the
+        first; the last layer needs only the diagonal. The first hidden layer's Jacobian is its
+        weight scaled per row, so it stays factored and the second layer's tangents come from a
+        single product of the per-row scales with fixed weight pairs. No autograd graph is
+        built: per row this costs about ``d`` forward passes of the hidden-to-hidden layers,
+        against ``2 d`` full passes for ``d`` vector-Jacobian products.
         """
         n, d = z.shape
-        tangents = None  # d(hidden)/dz as (n, d, width)
         h = z
-        for layer, activation in zip(self.layers[:-1], self.activations):
+        first_scale = first_weight = tangents = None  # tangents: d(hidden)/dz, (n, d, width)
+        for index, (layer, activation) in enumerate(zip(self.layers[:-1], self.activations)):
             pre, gate = layer.forward_with_gate(t, h)
             h, scale = value_and_scaled_derivative(activation, pre, gate)
-            scale = scale.unsqueeze(1)  # one pass over the tangents per layer
-            weight_t = layer.linear.weight.t()
-            if tangents is None:
-                tangents = scale * weight_t.contiguous()
+            weight = layer.linear.weight
+            if index == 0:  # d(hidden_1)/dz[b] = first_scale[b, :, None] * W1
+                first_scale, first_weight = scale, weight
+            elif index == 1:  # tangents[b, j, m] = sum_k first_scale[b, k] W1[k, j] W2[m, k]
+                pairs = first_weight.unsqueeze(2) * weight.t().unsqueeze(1)
+                tangents = (first_scale @ pairs.reshape(pairs.shape[0], -1)).view(n, d, -1)
+                tangents.mul_(scale.unsqueeze(1))
             else:
-                tangents = (tangents.view(n * d, -1) @ weight_t).view(n, d, -1).mul_(scale)
+                tangents = (tangents.view(n * d, -1) @ weight.t()).view(n, d, -1)
+                tangents.mul_(scale.unsqueeze(1))
         out, gate = self.layers[-1].forward_with_gate(t, h)
         weight = self.layers[-1].linear.weight
-        if tangents is None:
+        if first_scale is None:  # no hidden layer: a gated linear map
             diagonal = torch.diagonal(weight).unsqueeze(0)
-        else:
-            # diagonal[b, i] = sum_k weight[i, k] * tangents[b, i, k]
-            diagonal = (tangents * weight).sum(-1)
+        elif tangents is None:  # one hidden layer: diagonal[b, i] = sum_k s[b, k] W1[k, i] W[i, k]
+            diagonal = first_scale @ (first_weight * weight.t())
+        else:  # diagonal[b, i] = sum_k weight[i, k] * tangents[b, i, k]
+            diagonal = torch.linalg.vecdot(tangents, weight)
         return out, (diagonal * gate).sum(-1)
