@@ -39,7 +39,9 @@ def machine():
 def markdown_table(rows, columns):
     """Rows of dicts -> a markdown table with the given column order."""
     def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        if not isinstance(v, float):
+            return str(v)
+        return f"{v:.3f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.0e}"
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
