@@ -64,7 +64,7 @@ random_state
 
     Notes
     -----
-    ``fit`` scores every training row once more after training (with the exact, per-row float64
+    ``fit`` scores every training row once more after training (with the exact, per-row
     evaluation), which adds the cost of one ``score_samples`` call on the training data.
     ``partial_fit`` sets ``offset_`` from the chunk it was given.
 
