@@ -36,7 +36,8 @@ class CNFBlock(nn.Module):
     def velocity_and_divergence(self, s, z):
         """The velocity and its exact divergence, by forward-mode differentiation (no graph)."""
         f, trace = self.net.forward_and_trace(s, z)
-        return self.time_length * f, self.time_length * trace
+        time_length = self.time_length
+        return time_length * f, time_length * trace
 
 
 class AugmentedDynamics(nn.Module):
@@ -141,10 +142,10 @@ class ContinuousFlow(nn.Module):
 
         The exact trace carries ``n_features`` tangents of every hidden layer per row. On a CPU,
         chunks whose tangent arrays stay under about 1 MiB run fastest: larger arrays leave the
-        cache and, with glibc's allocator, are returned to the system and faulted back in at
-        every evaluation (measured, float32, 10 features, width 64, per row and evaluation:
-        256 rows 3.8 us, 512 rows 3.3 us, 820 rows 5.4 us, 2048 rows 4.5 us). A GPU wants large
-        chunks.
+        cache and, with glibc's allocator, may be returned to the system and faulted back in at
+        every evaluation (``benchmarks/results/evaluation.md``, float32, 10 features, width 64,
+        per row and evaluation: 256 rows 3.8 us, 409 rows 3.3 us, 820 rows 5.6 us, 2048 rows
+        5.3 us). A GPU wants large chunks.
         """
         width = max(layer.linear.out_features for layer in self.blocks[0].net.layers)
         tangent_bytes = self.n_features * width * torch.finfo(self.block_dtype).bits // 8

@@ -79,8 +79,7 @@ class ConcatSquashLinear(nn.Module):
         self.shift = nn.Linear(1, out_features, bias=False)
 
     def forward(self, t, x):
-        t = t.reshape(-1, 1).to(x.dtype)
-        return self.linear(x) * torch.sigmoid(self.gate(t)) + self.shift(t)
+        return self.forward_with_gate(t, x)[0]
 
     def forward_with_gate(self, t, x):
         """The output and the gate ``sigmoid(W_g t + b_g)``, the layer's Jacobian being

@@ -1,0 +1,134 @@
+"""The cost of one evaluation of the exact-trace dynamics, the choices behind the scoring path.
+
+1. Exact trace by ``d`` vector-Jacobian products in one batched autograd call (the training
+   path, ``skflow.cnf.divergence.exact_divergence``) against the forward-mode trace of the
+   evaluation path (``DynamicsMLP.forward_and_trace``), in float64 and float32.
+2. Rows per call for the forward-mode trace (the chunk size of ``score_samples``), each size in
+   a fresh process: how fast large arrays are served depends on what the process allocated
+   before (glibc returns blocks above its adaptive threshold to the system).
+3. ``torch.compile``: of the evaluation trace (dynamic shapes, as rows finish at different
+   times) and of a flow-matching training step, with an empty compile cache.
+
+A 10-feature block with the default 64-64-64 network and random weights (the cost does not
+depend on the weights).
+
+    python benchmarks/evaluation_benchmark.py
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+# An empty inductor cache, so that compile times are those of a first compile.
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="skflow-inductor-")
+
+import torch  # noqa: E402
+from torch.utils.benchmark import Timer
+
+from skflow.cnf.divergence import exact_divergence
+from skflow.cnf.flow import CNFBlock
+from skflow.cnf.layers import DynamicsMLP
+
+from _common import markdown_table, save, stopwatch
+
+D, HIDDEN, ROWS = 10, (64, 64, 64), 409
+
+
+def random_block(dtype):
+    torch.manual_seed(0)
+    block = CNFBlock(D, HIDDEN, "silu", 1.0, False)
+    with torch.no_grad():
+        for param in block.parameters():
+            param.normal_(0.0, 0.3)
+    return block.to(dtype)
+
+
+def per_row_us(fn, rows, dtype):
+    z, s = torch.randn(rows, D, dtype=dtype), torch.rand(rows, 1, dtype=dtype)
+    with torch.no_grad():
+        m = Timer("fn(s, z)", globals=dict(fn=fn, s=s, z=z)).blocked_autorange(min_run_time=2)
+    return m.median / rows * 1e6
+
+
+def trace_methods():
+    rows = []
+    for dtype in (torch.float64, torch.float32):
+        block = random_block(dtype)
+        autograd = lambda s, z, block=block: exact_divergence(block.velocity, s, z, False)[:2]
+        for label, fn in (("autograd, d vector-Jacobian products", autograd),
+                          ("forward-mode tangents", block.velocity_and_divergence)):
+            rows.append(dict(method=label, dtype=str(dtype).replace("torch.", ""),
+                             us_per_row=per_row_us(fn, ROWS, dtype)))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def chunk_sizes():
+    rows = []
+    for n in (128, 256, 409, 512, 820, 2048, 4096):
+        child = subprocess.run([sys.executable, __file__, "--rows", str(n)], check=True,
+                               capture_output=True, text=True)
+        rows.append(dict(rows=n, tangent_mib=n * D * max(HIDDEN) * 4 / 2 ** 20,
+                         us_per_row=float(child.stdout.split()[-1])))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def compiled():
+    rows = []
+    block = random_block(torch.float32)
+    eager, fast = block.velocity_and_divergence, torch.compile(block.velocity_and_divergence,
+                                                               dynamic=True)
+    z, s = torch.randn(ROWS, D), torch.rand(ROWS, 1)
+    with torch.no_grad(), stopwatch() as first:
+        fast(s, z)
+    rows.append(dict(what=f"evaluation trace, {ROWS} rows (per call)", compile_s=first(),
+                     eager_ms=per_row_us(eager, ROWS, torch.float32) * ROWS / 1e3,
+                     compiled_ms=per_row_us(fast, ROWS, torch.float32) * ROWS / 1e3))
+    print(rows[-1], flush=True)
+
+    torch.manual_seed(0)
+    net = DynamicsMLP(2, HIDDEN, "silu")
+    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+    x, eps, t = torch.randn(1024, 2), torch.randn(1024, 2), torch.rand(1024, 1)
+
+    def step(model):
+        loss = (model(t, (1 - t) * x + t * eps) - (eps - x)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    timings = {}
+    for label, model in (("eager", net), ("compiled", torch.compile(net))):
+        with stopwatch() as first:
+            step(model)
+        start = time.perf_counter()
+        for _ in range(300):
+            step(model)
+        timings[label] = ((time.perf_counter() - start) / 300 * 1e3, first())
+    rows.append(dict(what="flow-matching step, 2-D, batch 1024 (per step)",
+                     compile_s=timings["compiled"][1], eager_ms=timings["eager"][0],
+                     compiled_ms=timings["compiled"][0]))
+    print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    save("evaluation", "Cost of the exact-trace dynamics (one CPU thread)", [
+        ("Exact trace, per row and evaluation (us), 409 rows",
+         markdown_table(trace_methods(), ["method", "dtype", "us_per_row"])),
+        ("Forward-mode trace in float32 by rows per call (us per row and evaluation)",
+         markdown_table(chunk_sizes(), ["rows", "tangent_mib", "us_per_row"])),
+        ("torch.compile", markdown_table(compiled(), ["what", "compile_s", "eager_ms",
+                                                       "compiled_ms"])),
+    ], "python benchmarks/evaluation_benchmark.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--rows"]:  # one chunk size, in this fresh process
+        block = random_block(torch.float32)
+        print(per_row_us(block.velocity_and_divergence, int(sys.argv[2]), torch.float32))
+    else:
+        main()
