@@ -6,6 +6,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,3 +59,12 @@ def save(name, title, sections, command):
     path.write_text("\n".join(text))
     print("\n".join(text))
     print(f"written to {path}")
+
+
+def random_network_data(n, d, seed=0, network_seed=0):
+    """A non-Gaussian d-dimensional density: a Gaussian pushed through a random tanh network.
+    ``network_seed`` fixes the density, ``seed`` the draw."""
+    net = np.random.RandomState(network_seed)
+    W1, W2 = net.standard_normal((d, d)) / np.sqrt(d), net.standard_normal((d, d)) / np.sqrt(d)
+    Z = np.random.RandomState(seed).standard_normal((n, d))
+    return Z + np.tanh(Z @ W1) @ W2 * 1.5

@@ -1,16 +1,21 @@
 """The cost of one evaluation of the exact-trace dynamics, the choices behind the scoring path.
 
 1. Exact trace by ``d`` vector-Jacobian products in one batched autograd call (the training
-   path, ``skflow.cnf.divergence.exact_divergence``) against the forward-mode trace of the
-   evaluation path (``DynamicsMLP.forward_and_trace``), in float64 and float32.
-2. Rows per call for the forward-mode trace (the chunk size of ``score_samples``), each size in
-   a fresh process: how fast large arrays are served depends on what the process allocated
+   path, ``skflow.cnf.divergence.exact_divergence``) against the evaluation path
+   (``skflow.cnf.frozen.FrozenBlock``: weights prepared once per solve, trace met in the
+   middle, no autograd), in float64 and float32, at 409 rows and at one row (the fixed cost of
+   a call).
+2. Rows per call for the evaluation path (``ContinuousFlow.evaluation_chunk_rows``), each size
+   in a fresh process: how fast large arrays are served depends on what the process allocated
    before (glibc returns blocks above its adaptive threshold to the system).
-3. ``torch.compile``: of the evaluation trace (dynamic shapes, as rows finish at different
+3. The evaluation solver on 20,000 rows of a fitted model (tolerance 1e-6): chunks solved one
+   after another, each trailing off as its rows finish, against one batch refilled as rows
+   finish (what ``score_samples`` does), alternated in one process.
+4. ``torch.compile``: of the evaluation trace (dynamic shapes, as rows finish at different
    times) and of a flow-matching training step, with an empty compile cache.
 
-A 10-feature block with the default 64-64-64 network and random weights (the cost does not
-depend on the weights).
+Sections 1, 2 and 4 use a 10-feature block with the default 64-64-64 network and random
+weights (the cost does not depend on the weights).
 
     python benchmarks/evaluation_benchmark.py
 """
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 # An empty inductor cache, so that compile times are those of a first compile.
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="skflow-inductor-")
@@ -27,11 +33,12 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="skflow-inductor
 import torch  # noqa: E402
 from torch.utils.benchmark import Timer
 
+from skflow import FFJORDDensity
 from skflow.cnf.divergence import exact_divergence
 from skflow.cnf.flow import CNFBlock
 from skflow.cnf.layers import DynamicsMLP
 
-from _common import markdown_table, save, stopwatch
+from _common import markdown_table, random_network_data, save, stopwatch
 
 D, HIDDEN, ROWS = 10, (64, 64, 64), 409
 
@@ -58,16 +65,17 @@ def trace_methods():
         block = random_block(dtype)
         autograd = lambda s, z, block=block: exact_divergence(block.velocity, s, z, False)[:2]
         for label, fn in (("autograd, d vector-Jacobian products", autograd),
-                          ("forward-mode tangents", block.velocity_and_divergence)):
+                          ("frozen block (evaluation path)", block.frozen().velocity_and_divergence)):
             rows.append(dict(method=label, dtype=str(dtype).replace("torch.", ""),
-                             us_per_row=per_row_us(fn, ROWS, dtype)))
+                             us_per_row=per_row_us(fn, ROWS, dtype),
+                             us_per_call_of_one_row=per_row_us(fn, 1, dtype)))
             print(rows[-1], flush=True)
     return rows
 
 
 def chunk_sizes():
     rows = []
-    for n in (128, 256, 409, 512, 820, 2048, 4096):
+    for n in (128, 256, 409, 512, 640, 820, 2048, 4096):
         child = subprocess.run([sys.executable, __file__, "--rows", str(n)], check=True,
                                capture_output=True, text=True)
         rows.append(dict(rows=n, tangent_mib=n * D * max(HIDDEN) * 4 / 2 ** 20,
@@ -76,9 +84,38 @@ def chunk_sizes():
     return rows
 
 
+def refilled_batch(n_rows=20000, repeats=3):
+    X = random_network_data(5000, 10)
+    X_score = random_network_data(n_rows, 10, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = FFJORDDensity(random_state=0, eval_atol=1e-6, eval_rtol=1e-6).fit(X)
+    flow = est._eval_flow()
+    x = torch.as_tensor(X_score)
+    chunk = flow.evaluation_chunk_rows()
+
+    def chunk_by_chunk():  # each chunk a solve of its own: no rows wait to fill its batch
+        return torch.cat([flow.log_prob(x[i:i + chunk], 1e-6, 1e-6)
+                          for i in range(0, n_rows, chunk)])
+
+    def refilled():
+        return flow.log_prob(x, 1e-6, 1e-6)
+
+    seconds = {"chunk by chunk": [], "refilled batch": []}
+    for _ in range(repeats):
+        for label, fn in (("chunk by chunk", chunk_by_chunk), ("refilled batch", refilled)):
+            with torch.no_grad(), stopwatch() as elapsed:
+                log_p = fn()
+            seconds[label].append(elapsed())
+            print(label, seconds[label][-1], float(log_p.mean()), flush=True)
+    best = {label: min(times) for label, times in seconds.items()}
+    return [dict(solve=label, rows=n_rows, rows_per_call=chunk, best_of=repeats, seconds=best[label],
+                 speedup=best["chunk by chunk"] / best[label]) for label in best]
+
+
 def compiled():
     rows = []
-    block = random_block(torch.float32)
+    block = random_block(torch.float32).frozen()
     eager, fast = block.velocity_and_divergence, torch.compile(block.velocity_and_divergence,
                                                                dynamic=True)
     z, s = torch.randn(ROWS, D), torch.rand(ROWS, 1)
@@ -117,10 +154,14 @@ def compiled():
 
 def main():
     save("evaluation", "Cost of the exact-trace dynamics (one CPU thread)", [
-        ("Exact trace, per row and evaluation (us), 409 rows",
-         markdown_table(trace_methods(), ["method", "dtype", "us_per_row"])),
-        ("Forward-mode trace in float32 by rows per call (us per row and evaluation)",
+        ("Exact trace, per row and evaluation (us), 409 rows; and a call of one row",
+         markdown_table(trace_methods(), ["method", "dtype", "us_per_row",
+                                          "us_per_call_of_one_row"])),
+        ("Evaluation path in float32 by rows per call (us per row and evaluation)",
          markdown_table(chunk_sizes(), ["rows", "tangent_mib", "us_per_row"])),
+        ("Evaluation solver: chunks one by one vs a refilled batch",
+         markdown_table(refilled_batch(), ["solve", "rows", "rows_per_call", "best_of", "seconds",
+                                           "speedup"])),
         ("torch.compile", markdown_table(compiled(), ["what", "compile_s", "eager_ms",
                                                        "compiled_ms"])),
     ], "python benchmarks/evaluation_benchmark.py " + " ".join(sys.argv[1:]))
@@ -128,7 +169,7 @@ def main():
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--rows"]:  # one chunk size, in this fresh process
-        block = random_block(torch.float32)
+        block = random_block(torch.float32).frozen()
         print(per_row_us(block.velocity_and_divergence, int(sys.argv[2]), torch.float32))
     else:
         main()

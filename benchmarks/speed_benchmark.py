@@ -21,7 +21,7 @@ import zuko
 from skflow import FFJORDDensity
 from skflow.datasets import make_toy
 
-from _common import markdown_table, save, stopwatch
+from _common import markdown_table, random_network_data, save, stopwatch
 
 HIDDEN = (64, 64, 64)
 
@@ -73,15 +73,6 @@ def time_to_quality(names, n_train, fast):
                          skflow_better=ours_ll > zuko_ll))
         print(rows[-1], flush=True)
     return rows
-
-
-def random_network_data(n, d, seed=0, network_seed=0):
-    """A non-Gaussian d-dimensional density: a Gaussian pushed through a random tanh network.
-    ``network_seed`` fixes the density, ``seed`` the draw."""
-    net = np.random.RandomState(network_seed)
-    W1, W2 = net.standard_normal((d, d)) / np.sqrt(d), net.standard_normal((d, d)) / np.sqrt(d)
-    Z = np.random.RandomState(seed).standard_normal((n, d))
-    return Z + np.tanh(Z @ W1) @ W2 * 1.5
 
 
 def scoring(n_rows, fast):

@@ -22,8 +22,7 @@ from skflow import FFJORDDensity
 from skflow.baselines import tuned_gaussian_mixture, tuned_kernel_density
 from skflow.datasets import load_odds
 
-from _common import markdown_table, save, stopwatch
-from speed_benchmark import random_network_data
+from _common import markdown_table, random_network_data, save, stopwatch
 
 
 def splits(data_home):

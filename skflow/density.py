@@ -534,7 +534,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         return flow
 
     def _chunks(self, A, flow):
-        rows = flow.evaluation_chunk_rows()
+        # The evaluation solver keeps evaluation_chunk_rows() rows in flight and refills its
+        # batch as rows finish; the input chunks only bound the memory of the copies.
+        rows = max(2 ** 16, 8 * flow.evaluation_chunk_rows())
         for start in range(0, A.shape[0], rows):
             # A copy: the input may be a read-only array or memory map.
             yield torch.tensor(A[start:start + rows], dtype=torch.float64,

@@ -141,14 +141,10 @@ def make_objective(flow, config, generator):
 
 def validation_loss(flow, X_val, config):
     """Mean exact negative log-likelihood (standardized units) with the per-row solver."""
-    chunk_size = flow.evaluation_chunk_rows()
     with torch.no_grad():
-        total = 0.0
-        for start in range(0, X_val.shape[0], chunk_size):
-            chunk = X_val[start:start + chunk_size]
-            log_prob = flow.log_prob(chunk, config.validation_atol, config.validation_rtol,
-                                     config.max_num_steps)
-            total += float((log_prob - flow.log_abs_det_standardization()).sum())
+        log_prob = flow.log_prob(X_val, config.validation_atol, config.validation_rtol,
+                                 config.max_num_steps)
+        total = float((log_prob - flow.log_abs_det_standardization()).sum())
     return -total / X_val.shape[0]
 
 

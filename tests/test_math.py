@@ -61,11 +61,13 @@ def test_forward_mode_trace_matches_autograd_jacobian(activation, hidden_dims):
             param.normal_(0.0, 0.7)
     z = 1.5 * torch.randn(9, 4, dtype=torch.float64)
     s = torch.rand(9, 1, dtype=torch.float64)
-    with torch.no_grad():
-        velocity, div = block.velocity_and_divergence(s, z)
+    frozen = block.frozen()
+    velocity, div = frozen.velocity_and_divergence(s, z)
     jac = torch.autograd.functional.jacobian(lambda x: block.velocity(s, x).sum(0), z)
     np.testing.assert_allclose(velocity, block.velocity(s, z).detach(), atol=1e-12)
+    np.testing.assert_allclose(frozen.velocity(s, z), velocity, atol=1e-12)
     np.testing.assert_allclose(div, torch.einsum("ibi->b", jac), atol=1e-12)
+    assert not velocity.requires_grad and not div.requires_grad
 
 
 @pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
@@ -139,6 +141,29 @@ def test_per_row_solver_rows_do_not_interact():
         assert together[i, 0].item() == alone[0, 0].item()
     exact = np.exp(-rates * (1 + (1 - np.cos(10)) / 10))
     np.testing.assert_allclose(together[:, 0], exact, rtol=1e-4, atol=1e-6)
+
+
+def test_per_row_solver_refills_its_batch_without_changing_rows():
+    # Rows join as others finish: calls never exceed max_rows, stay full while rows wait, and
+    # every row gets exactly the result (and evaluation count) it gets when solved alone.
+    def func(t, y):
+        sizes.append(y.shape[0])
+        dy = -y[:, 1:] * y[:, :1] * (1 + torch.sin(10 * t))
+        return torch.cat([dy, torch.zeros_like(dy)], dim=1)
+
+    rates = np.geomspace(0.05, 50.0, 23)
+    y0 = torch.tensor([[1.0, r] for r in rates], dtype=torch.float64)
+    sizes = []
+    nfe = torch.zeros(len(rates), dtype=torch.long)
+    batched = solve_per_row(func, y0, 1e-6, 1e-6, max_rows=5, nfe=nfe)
+    assert max(sizes) == 5 and sizes.count(5) > len(sizes) // 2
+    assert sum(sizes) == int(nfe.sum())
+    for i in range(len(rates)):
+        alone_nfe = torch.zeros(1, dtype=torch.long)
+        alone = solve_per_row(func, y0[i:i + 1], 1e-6, 1e-6, nfe=alone_nfe)
+        assert batched[i, 0].item() == alone[0, 0].item() and nfe[i] == alone_nfe[0]
+    exact = np.exp(-rates * (1 + (1 - np.cos(10)) / 10))
+    np.testing.assert_allclose(batched[:, 0], exact, rtol=1e-3, atol=1e-6)  # global error
 
 
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
@@ -220,13 +245,13 @@ def test_density_integrates_to_one_in_1d():
 def test_evaluation_nfe_counts_every_dynamics_call(fitted_2d, monkeypatch):
     est, X = fitted_2d
     calls = []
-    from skflow.cnf.flow import CNFBlock
-    original = CNFBlock.velocity_and_divergence
+    from skflow.cnf.frozen import FrozenBlock
+    original = FrozenBlock.velocity_and_divergence
 
     def counting(self, s, z):
         calls.append(z.shape[0])
         return original(self, s, z)
 
-    monkeypatch.setattr(CNFBlock, "velocity_and_divergence", counting)
+    monkeypatch.setattr(FrozenBlock, "velocity_and_divergence", counting)
     nfe = est.evaluation_nfe(X[:1])
     assert nfe.shape == (1,) and nfe[0] == len(calls) and nfe[0] >= 8

@@ -26,6 +26,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 import skflow.density
 from skflow import FFJORDDensity, training
 from skflow.cnf.flow import ContinuousFlow
+from skflow.cnf.frozen import FrozenBlock
 from skflow.cnf.solver import SolverError
 from skflow.training import TrainingDivergedError
 
@@ -548,6 +549,8 @@ def test_ctrl_c_in_a_warm_start_refit_keeps_the_earlier_weights(spy):
 
 # --------------------------------------------------------------------------------- chunking
 def test_large_inputs_are_scored_and_sampled_in_bounded_chunks(tiny_fit, monkeypatch):
+    # Memory stays bounded twice over: the input is copied to the solver in chunks, and the
+    # solver evaluates the dynamics on at most evaluation_chunk_rows() rows at once.
     est, X = tiny_fit
     sizes = {"log_prob": [], "to_latent": [], "from_latent": []}
     for name in sizes:
@@ -558,22 +561,36 @@ def test_large_inputs_are_scored_and_sampled_in_bounded_chunks(tiny_fit, monkeyp
             return _real(self, x, *args, **kwargs)
 
         monkeypatch.setattr(ContinuousFlow, name, spied)
+    evaluated = []
+    for name in ("velocity", "velocity_and_divergence"):
+        real = getattr(FrozenBlock, name)
 
-    n = 70_000
-    bound = 65536 // 2  # rows per chunk for 2 features (the exact trace replicates each row)
+        def counted(self, s, z, _real=real):
+            evaluated.append(z.shape[0])
+            return _real(self, s, z)
+
+        monkeypatch.setattr(FrozenBlock, name, counted)
+
+    n = 140_000
+    bound = 2 ** 16  # input rows per chunk
+    in_flight = est._eval_flow().evaluation_chunk_rows()
+    assert in_flight < bound
     Y = np.random.RandomState(1).normal(size=(n, 2))
     log_p = est.score_samples(Y)
     assert log_p.shape == (n,) and np.isfinite(log_p).all()
-    assert len(sizes["log_prob"]) >= 3 and max(sizes["log_prob"]) <= bound
+    assert len(sizes["log_prob"]) == 3 and max(sizes["log_prob"]) <= bound
     assert sum(sizes["log_prob"]) == n
+    assert max(evaluated) == in_flight
     # Chunking does not change a row's value.
     np.testing.assert_allclose(log_p[-50:], est.score_samples(Y[-50:]), rtol=0, atol=1e-8)
 
+    evaluated.clear()
     draws = est.sample(n, random_state=0)
     assert draws.shape == (n, 2) and np.isfinite(draws).all()
-    assert len(sizes["from_latent"]) >= 3 and max(sizes["from_latent"]) <= bound
-    Z = est.transform(Y[:40_000])
-    assert Z.shape == (40_000, 2) and len(sizes["to_latent"]) >= 2
+    assert len(sizes["from_latent"]) == 3 and max(sizes["from_latent"]) <= bound
+    assert max(evaluated) == in_flight
+    Z = est.transform(Y[:80_000])
+    assert Z.shape == (80_000, 2) and len(sizes["to_latent"]) == 2
     assert max(sizes["to_latent"]) <= bound
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .divergence import exact_divergence, hutchinson_divergence
+from .frozen import FrozenBlock
 from .layers import DynamicsMLP
 from .regularizers import INTEGRANDS
 from .solver import integrate, solve_per_row
@@ -33,11 +34,14 @@ class CNFBlock(nn.Module):
     def velocity(self, s, z):
         return self.time_length * self.net(s, z)
 
+    @torch.no_grad()
+    def frozen(self):
+        """The block with its current weights prepared for an evaluation solve."""
+        return FrozenBlock(self)
+
     def velocity_and_divergence(self, s, z):
         """The velocity and its exact divergence, by forward-mode differentiation (no graph)."""
-        f, trace = self.net.forward_and_trace(s, z)
-        time_length = self.time_length
-        return time_length * f, time_length * trace
+        return self.frozen().velocity_and_divergence(s, z)
 
 
 class AugmentedDynamics(nn.Module):
@@ -138,7 +142,7 @@ class ContinuousFlow(nn.Module):
         return self.blocks[0].sqrt_time_length.dtype
 
     def evaluation_chunk_rows(self):
-        """Rows per evaluation call.
+        """Rows per evaluation call (the evaluation solver's ``max_rows``).
 
         The exact trace carries ``n_features`` tangents of every hidden layer per row. On a CPU,
         chunks whose tangent arrays stay under about 1 MiB run fastest: larger arrays leave the
@@ -163,12 +167,15 @@ class ContinuousFlow(nn.Module):
         z = self.standardize(x).to(self.block_dtype)
         log_det = torch.zeros(x.shape[0], dtype=z.dtype, device=x.device)
         for block in self.blocks:
-            def func(s, y, block=block):
-                velocity, div = block.velocity_and_divergence(s, y[:, :-1])
+            frozen = block.frozen()
+
+            def func(s, y, frozen=frozen):
+                velocity, div = frozen.velocity_and_divergence(s, y[:, :-1])
                 return torch.cat([velocity, div[:, None]], dim=1)
 
             y0 = torch.cat([z, torch.zeros_like(log_det)[:, None]], dim=1)
-            y1 = solve_per_row(func, y0, atol, rtol, max_num_steps=max_num_steps, nfe=nfe)
+            y1 = solve_per_row(func, y0, atol, rtol, max_num_steps=max_num_steps, nfe=nfe,
+                               max_rows=self.evaluation_chunk_rows())
             z, log_det = y1[:, :-1], log_det + y1[:, -1]
         return (standard_normal_log_prob(z.to(x.dtype)) + log_det.to(x.dtype)
                 + self.log_abs_det_standardization().to(x.dtype))
@@ -178,8 +185,8 @@ class ContinuousFlow(nn.Module):
         z = z.to(self.block_dtype)
         blocks = reversed(self.blocks) if reverse else self.blocks
         for block in blocks:
-            z = solve_per_row(block.velocity, z, atol, rtol, reverse=reverse,
-                              max_num_steps=max_num_steps)
+            z = solve_per_row(block.frozen().velocity, z, atol, rtol, reverse=reverse,
+                              max_num_steps=max_num_steps, max_rows=self.evaluation_chunk_rows())
         return z.to(dtype)
 
     @torch.no_grad()

@@ -79,14 +79,8 @@ class ConcatSquashLinear(nn.Module):
         self.shift = nn.Linear(1, out_features, bias=False)
 
     def forward(self, t, x):
-        return self.forward_with_gate(t, x)[0]
-
-    def forward_with_gate(self, t, x):
-        """The output and the gate ``sigmoid(W_g t + b_g)``, the layer's Jacobian being
-        ``gate[:, :, None] * W``."""
         t = t.reshape(-1, 1).to(x.dtype)
-        gate = torch.sigmoid(self.gate(t))
-        return self.linear(x) * gate + self.shift(t), gate
+        return self.linear(x) * torch.sigmoid(self.gate(t)) + self.shift(t)
 
     def zero_output_(self):
         """Make the layer output exactly zero, so a flow ending in it starts as the identity."""
@@ -123,40 +117,3 @@ class DynamicsMLP(nn.Module):
         for layer, activation in zip(self.layers[:-1], self.activations):
             z = activation(layer(t, z))
         return self.layers[-1](t, z)
-
-    def forward_and_trace(self, t, z):
-        """``(f(z, t), Tr(df/dz))`` with the exact trace by forward-mode differentiation.
-
-        The Jacobian of the hidden activations with respect to ``z`` is carried along the layers
-        as ``d`` tangent rows per input row, one matrix product per hidden layer after the
-        first; the last layer needs only the diagonal. The first hidden layer's Jacobian is its
-        weight scaled per row, so it stays factored and the second layer's tangents come from a
-        single product of the per-row scales with fixed weight pairs. No autograd graph is
-        built: per row this costs about ``d`` forward passes of the hidden-to-hidden layers,
-        against ``2 d`` full passes for ``d`` vector-Jacobian products.
-        """
-        n, d = z.shape
-        h = z
-        first_scale = first_weight = tangents = None  # tangents: d(hidden)/dz, (n, d, width)
-        for index, (layer, activation) in enumerate(zip(self.layers[:-1], self.activations)):
-            pre, gate = layer.forward_with_gate(t, h)
-            h, scale = value_and_scaled_derivative(activation, pre, gate)
-            weight = layer.linear.weight
-            if index == 0:  # d(hidden_1)/dz[b] = first_scale[b, :, None] * W1
-                first_scale, first_weight = scale, weight
-            elif index == 1:  # tangents[b, j, m] = sum_k first_scale[b, k] W1[k, j] W2[m, k]
-                pairs = first_weight.unsqueeze(2) * weight.t().unsqueeze(1)
-                tangents = (first_scale @ pairs.reshape(pairs.shape[0], -1)).view(n, d, -1)
-                tangents.mul_(scale.unsqueeze(1))
-            else:
-                tangents = (tangents.view(n * d, -1) @ weight.t()).view(n, d, -1)
-                tangents.mul_(scale.unsqueeze(1))
-        out, gate = self.layers[-1].forward_with_gate(t, h)
-        weight = self.layers[-1].linear.weight
-        if first_scale is None:  # no hidden layer: a gated linear map
-            diagonal = torch.diagonal(weight).unsqueeze(0)
-        elif tangents is None:  # one hidden layer: diagonal[b, i] = sum_k s[b, k] W1[k, i] W[i, k]
-            diagonal = first_scale @ (first_weight * weight.t())
-        else:  # diagonal[b, i] = sum_k weight[i, k] * tangents[b, i, k]
-            diagonal = torch.linalg.vecdot(tangents, weight)
-        return out, (diagonal * gate).sum(-1)

@@ -104,25 +104,23 @@ def _initial_step(func, t, y, f0, atol, rtol, direction):
     return torch.minimum(100 * h0, h1).clamp(max=1.0)
 
 
-def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000, nfe=None):
+def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000, nfe=None,
+                  max_rows=None):
     """Integrate ``dy/ds = func(s, y)`` row by row over ``s`` in [0, 1] (or [1, 0]).
 
     ``func`` takes ``s`` as a column ``(n, 1)`` and ``y`` as ``(n, m)`` and must treat rows
     independently. Each row keeps its own time, step size and error test (RMS over its own
-    components), so its result does not depend on the other rows. Finished rows drop out of the
-    batch. Raises :class:`SolverError` when a row needs more than ``max_num_steps`` steps.
-    If ``nfe`` (a tensor of ``n`` counts) is given, each row's evaluations of ``func`` are added.
+    components), so its result does not depend on the other rows. At most ``max_rows`` rows
+    (default: all) are integrated together: finished rows leave the batch and waiting rows take
+    their places, so that the calls of ``func`` stay near that size instead of trailing off with
+    the slowest rows. Raises :class:`SolverError` when a row needs more than ``max_num_steps``
+    steps. If ``nfe`` (a tensor of ``n`` counts) is given, each row's evaluations of ``func`` are
+    added.
     """
     n = y0.shape[0]
+    batch = n if max_rows is None else max(1, int(max_rows))
     direction = -1.0 if reverse else 1.0
     t_end = 0.0 if reverse else 1.0
-    y = y0.clone()
-    t = torch.full((n, 1), 1.0 - t_end, dtype=y0.dtype, device=y0.device)
-    f = func(t, y)
-    h = _initial_step(func, t, y, f, atol, rtol, direction)
-    active = torch.arange(n, device=y0.device)
-    if nfe is not None:
-        nfe += 2
     result = torch.empty_like(y0)
     # Stage combinations as one matrix product each: (stages) x (stages, rows * columns).
     # Row i < 7 builds stage i; the last stage is evaluated at the 5th-order solution (FSAL);
@@ -131,7 +129,31 @@ def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000, nfe=N
     for i, a in enumerate(_A[1:], start=1):
         tableau[i, :len(a)] = torch.tensor(a, dtype=y0.dtype)
     tableau[-1] = torch.tensor(_B_ERR, dtype=y0.dtype)
-    for _ in range(max_num_steps):
+    # Every row's first derivative and starting step, computed in full-size calls, so that
+    # rows can join the batch one by one.
+    t0 = torch.full((n, 1), 1.0 - t_end, dtype=y0.dtype, device=y0.device)
+    f0, h0 = torch.empty_like(y0), y0.new_empty(n)
+    for start in range(0, n, batch):
+        part = slice(start, start + batch)
+        f0[part] = func(t0[part], y0[part])
+        h0[part] = _initial_step(func, t0[part], y0[part], f0[part], atol, rtol, direction)
+    if nfe is not None:
+        nfe += 2
+    active = torch.arange(0, device=y0.device)
+    t, y, f, h = t0[:0], y0[:0], f0[:0], h0[:0]
+    steps = torch.zeros(0, dtype=torch.long, device=y0.device)
+    admitted = 0
+    while True:
+        take = min(batch - active.numel(), n - admitted)
+        if take > 0:
+            part = slice(admitted, admitted + take)
+            admitted += take
+            rows = torch.arange(part.start, part.stop, device=y0.device)
+            active, t, y = torch.cat([active, rows]), torch.cat([t, t0[part]]), torch.cat([y, y0[part]])
+            f, h = torch.cat([f, f0[part]]), torch.cat([h, h0[part]])
+            steps = torch.cat([steps, torch.zeros_like(rows)])
+        if active.numel() == 0:
+            return result
         remaining = (t_end - t[:, 0]) * direction
         h = torch.minimum(h, remaining)
         hh = (direction * h)[:, None]
@@ -155,17 +177,19 @@ def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000, nfe=N
         f = torch.where(accept[:, None], stages[-1], f)  # first-same-as-last
         factor = (0.9 * error_ratio.clamp(min=1e-10).pow(-0.2)).clamp(0.2, 10.0)
         h = h * torch.where(accept, factor, factor.clamp(max=1.0))
+        steps += 1
         done = accept & ((t_end - t[:, 0]) * direction <= 1e-12 * max(1.0, abs(t_end)))
         if done.any():
             result[active[done]] = y[done]
             keep = ~done
-            active, t, y, f, h = active[keep], t[keep], y[keep], f[keep], h[keep]
-            if active.numel() == 0:
-                return result
+            active, t, y, f, h, steps = (active[keep], t[keep], y[keep], f[keep], h[keep],
+                                         steps[keep])
+        if (steps >= max_num_steps).any():
+            raise SolverError(
+                f"the evaluation solver did not finish within {max_num_steps} steps; the "
+                "dynamics may be stiff, or the tolerances too tight: raise the estimator's "
+                "max_num_steps, loosen eval_atol / eval_rtol, or (below about 1e-7) evaluate "
+                "with eval_dtype='float64'")
         if (h < 1e-12).any():
             raise SolverError("step size underflow in the evaluation solver: stiff dynamics, or "
                               "tolerances below the evaluation precision (eval_dtype)")
-    raise SolverError(
-        f"the evaluation solver did not finish within {max_num_steps} steps; the dynamics may be "
-        "stiff, or the tolerances too tight: raise the estimator's max_num_steps, loosen "
-        "eval_atol / eval_rtol, or (below about 1e-7) evaluate with eval_dtype='float64'")

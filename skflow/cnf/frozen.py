@@ -1,0 +1,111 @@
+"""A CNF block with its weights frozen for an evaluation solve.
+
+An evaluation solve calls the dynamics tens of times per row with the same weights. Everything
+that depends only on the weights is prepared once here: transposed weights, the block's time
+length folded into the last layer, all layers' time gates and offsets from one product, and the
+weight products of the exact trace. An evaluation then runs about half as many tensor operations
+as the module would (``benchmarks/results/evaluation.md``).
+"""
+
+import torch
+
+from .layers import value_and_scaled_derivative
+
+
+class FrozenBlock:
+    """``v(s, z) = T f(z, s)`` of a :class:`~skflow.cnf.flow.CNFBlock` and its exact divergence.
+
+    Built from the block's current weights; later changes to the block are not seen. No autograd
+    graph is built. Times ``s`` are columns ``(n, 1)``, one time per row.
+
+    The exact trace. Write the Jacobian of row ``b`` as
+    ``J = diag(g) W_o diag(s_H) W_H ... diag(s_1) W_1``, where ``g`` is the output gate and ``s_l``
+    the per-row scales of hidden layer ``l`` (its gate times the activation's derivative). Its
+    diagonal meets in the middle: tangents ``d h_{H-1} / d z_i`` carried forward from the input,
+    and the rows ``i`` of ``W_o diag(s_H) W_H`` carried back from the output, each side one matrix
+    product with weights prepared here (the first layer's Jacobian, ``s_1`` times a fixed weight,
+    never needs its own product). That is ``d`` forward passes of one hidden-to-hidden layer per
+    extra hidden layer, and no autograd: ``2 d`` full passes for ``d`` vector-Jacobian products.
+    """
+
+    def __init__(self, block):
+        layers = list(block.net.layers)
+        self.activations = list(block.net.activations)
+        time_length = block.time_length
+        weights = [layer.linear.weight for layer in layers]
+        weights[-1] = weights[-1] * time_length
+        self.weights_t = [weight.t().contiguous() for weight in weights]
+        self.widths = [weight.shape[0] for weight in weights]
+        # Gates sigmoid(s w_g + b_g) and offsets b * gate + s w_s of every layer, side by side.
+        self.gate_weight = torch.cat([layer.gate.weight.t() for layer in layers], dim=1)
+        self.gate_bias = torch.cat([layer.gate.bias for layer in layers])
+        self.shift_weight = torch.cat([layer.shift.weight.t() for layer in layers[:-1]]
+                                      + [layer.shift.weight.t() * time_length for layer in layers[-1:]],
+                                      dim=1)
+        self.bias = torch.cat([layer.linear.bias for layer in layers[:-1]]
+                              + [layers[-1].linear.bias * time_length])
+        n_hidden = len(self.activations)
+        out = weights[-1]
+        if n_hidden == 0:
+            self.output_diagonal = torch.diagonal(out).unsqueeze(0)
+        elif n_hidden == 1:  # diagonal[b, i] = sum_k s_1[b, k] W_1[k, i] W_o[i, k]
+            self.first_to_diagonal = weights[0] * out.t()
+        else:
+            d = weights[0].shape[1]
+            # Back from the output: cotangents[b, i, m] = sum_k s_H[b, k] W_o[i, k] W_H[k, m],
+            # times W_1[m, i] when layer H - 1 is the first (its tangents stay factored).
+            back = out.t().unsqueeze(2) * weights[n_hidden - 1].unsqueeze(1)  # (k, i, m)
+            if n_hidden == 2:
+                back = back * weights[0].t().unsqueeze(0)
+            self.cotangent_weights = back.reshape(back.shape[0], -1)
+            # Forward from the input: tangents[b, i, m] = sum_k s_1[b, k] W_1[k, i] W_2[m, k].
+            if n_hidden > 2:
+                pairs = weights[0].unsqueeze(2) * weights[1].t().unsqueeze(1)  # (k, i, m)
+                self.tangent_weights = pairs.reshape(pairs.shape[0], -1)
+            self.n_features = d
+
+    def _time_terms(self, s):
+        """Per layer, every row's gate and offset at its time ``s``."""
+        gates = torch.addmm(self.gate_bias, s, self.gate_weight).sigmoid_()
+        offsets = torch.addcmul(s * self.shift_weight, gates, self.bias)
+        return gates.split(self.widths, dim=1), offsets.split(self.widths, dim=1)
+
+    def _layer(self, index, h, gates, offsets):
+        return torch.addcmul(offsets[index], h @ self.weights_t[index], gates[index])
+
+    @torch.no_grad()
+    def velocity(self, s, z):
+        gates, offsets = self._time_terms(s)
+        h = z
+        for index, activation in enumerate(self.activations):
+            h = activation(self._layer(index, h, gates, offsets))
+        return self._layer(-1, h, gates, offsets)
+
+    @torch.no_grad()
+    def velocity_and_divergence(self, s, z):
+        """``(v, Tr(dv/dz))``, the trace exact (see the class notes)."""
+        n = z.shape[0]
+        gates, offsets = self._time_terms(s)
+        h, scales = z, []
+        for index, activation in enumerate(self.activations):
+            h, scale = value_and_scaled_derivative(activation, self._layer(index, h, gates, offsets),
+                                                   gates[index])
+            scales.append(scale)
+        out = self._layer(-1, h, gates, offsets)
+        if not scales:
+            diagonal = self.output_diagonal
+        elif len(scales) == 1:
+            diagonal = scales[0] @ self.first_to_diagonal
+        else:
+            cotangents = (scales[-1] @ self.cotangent_weights).view(n, self.n_features, -1)
+            if len(scales) == 2:
+                tangents = scales[0].unsqueeze(1)
+            else:
+                tangents = (scales[0] @ self.tangent_weights).view(n, self.n_features, -1)
+                tangents.mul_(scales[1].unsqueeze(1))
+                for index in range(2, len(scales) - 1):
+                    tangents = (tangents.view(-1, tangents.shape[-1])
+                                @ self.weights_t[index]).view(n, self.n_features, -1)
+                    tangents.mul_(scales[index].unsqueeze(1))
+            diagonal = torch.linalg.vecdot(tangents, cotangents)
+        return out, torch.linalg.vecdot(diagonal, gates[-1])
