@@ -5,23 +5,22 @@
    (``skflow.cnf.frozen.FrozenBlock``: weights prepared once per solve, trace met in the
    middle, no autograd), in float64 and float32, at 409 rows and at one row (the fixed cost of
    a call).
-2. Rows per call for the evaluation path (``ContinuousFlow.evaluation_chunk_rows``), each size
-   in a fresh process: how fast large arrays are served depends on what the process allocated
-   before (glibc returns blocks above its adaptive threshold to the system).
-3. The evaluation solver on 20,000 rows of a fitted model (tolerance 1e-6): chunks solved one
-   after another, each trailing off as its rows finish, against one batch refilled as rows
-   finish (what ``score_samples`` does), alternated in one process.
+2. The evaluation solver on 20,000 rows of a fitted model (10 features, tolerance 1e-6,
+   float32), by rows in flight (``ContinuousFlow.evaluation_chunk_rows``), the sizes
+   alternated in one process.
+3. The same solve as chunks solved one after another, each trailing off as its rows finish,
+   against one batch refilled as rows finish (what ``score_samples`` does), alternated in one
+   process.
 4. ``torch.compile``: of the evaluation trace (dynamic shapes, as rows finish at different
    times) and of a flow-matching training step, with an empty compile cache.
 
-Sections 1, 2 and 4 use a 10-feature block with the default 64-64-64 network and random
+Sections 1 and 4 use a 10-feature block with the default 64-64-64 network and random
 weights (the cost does not depend on the weights).
 
     python benchmarks/evaluation_benchmark.py
 """
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,43 +72,49 @@ def trace_methods():
     return rows
 
 
-def chunk_sizes():
-    rows = []
-    for n in (128, 256, 409, 512, 640, 820, 2048, 4096):
-        child = subprocess.run([sys.executable, __file__, "--rows", str(n)], check=True,
-                               capture_output=True, text=True)
-        rows.append(dict(rows=n, tangent_mib=n * D * max(HIDDEN) * 4 / 2 ** 20,
-                         us_per_row=float(child.stdout.split()[-1])))
-        print(rows[-1], flush=True)
-    return rows
-
-
-def refilled_batch(n_rows=20000, repeats=3):
+def fitted_flow():
     X = random_network_data(5000, 10)
-    X_score = random_network_data(n_rows, 10, seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est = FFJORDDensity(random_state=0, eval_atol=1e-6, eval_rtol=1e-6).fit(X)
-    flow = est._eval_flow()
-    x = torch.as_tensor(X_score)
-    chunk = flow.evaluation_chunk_rows()
+    return est._eval_flow(), torch.as_tensor(random_network_data(20000, 10, seed=1))
 
-    def chunk_by_chunk():  # each chunk a solve of its own: no rows wait to fill its batch
-        return torch.cat([flow.log_prob(x[i:i + chunk], 1e-6, 1e-6)
-                          for i in range(0, n_rows, chunk)])
 
-    def refilled():
-        return flow.log_prob(x, 1e-6, 1e-6)
-
-    seconds = {"chunk by chunk": [], "refilled batch": []}
+def best_of(candidates, repeats=3):
+    """Best wall time of each ``label -> function``, the candidates alternated."""
+    seconds = {label: [] for label in candidates}
     for _ in range(repeats):
-        for label, fn in (("chunk by chunk", chunk_by_chunk), ("refilled batch", refilled)):
+        for label, fn in candidates.items():
             with torch.no_grad(), stopwatch() as elapsed:
-                log_p = fn()
+                fn()
             seconds[label].append(elapsed())
-            print(label, seconds[label][-1], float(log_p.mean()), flush=True)
-    best = {label: min(times) for label, times in seconds.items()}
-    return [dict(solve=label, rows=n_rows, rows_per_call=chunk, best_of=repeats, seconds=best[label],
+            print(label, round(seconds[label][-1], 3), flush=True)
+    return {label: min(times) for label, times in seconds.items()}
+
+
+def rows_in_flight(flow, x):
+    def solve(rows):
+        def run():
+            flow.evaluation_chunk_rows = lambda: rows
+            flow.log_prob(x, 1e-6, 1e-6)
+        return run
+
+    sizes = (256, 409, 512, 820, 1024, 2048)
+    best = best_of({rows: solve(rows) for rows in sizes})
+    del flow.evaluation_chunk_rows
+    return [dict(rows=rows, tangent_mib=rows * x.shape[1] * 64 * 4 / 2 ** 20,
+                 seconds=best[rows]) for rows in sizes]
+
+
+def refilled_batch(flow, x):
+    chunk = flow.evaluation_chunk_rows()
+    best = best_of({
+        # each chunk a solve of its own, trailing off as its rows finish
+        "chunk by chunk": lambda: [flow.log_prob(x[i:i + chunk], 1e-6, 1e-6)
+                                   for i in range(0, x.shape[0], chunk)],
+        "refilled batch": lambda: flow.log_prob(x, 1e-6, 1e-6),
+    })
+    return [dict(solve=label, rows=x.shape[0], rows_per_call=chunk, seconds=best[label],
                  speedup=best["chunk by chunk"] / best[label]) for label in best]
 
 
@@ -153,23 +158,20 @@ def compiled():
 
 
 def main():
+    fitted = fitted_flow()
     save("evaluation", "Cost of the exact-trace dynamics (one CPU thread)", [
         ("Exact trace, per row and evaluation (us), 409 rows; and a call of one row",
          markdown_table(trace_methods(), ["method", "dtype", "us_per_row",
                                           "us_per_call_of_one_row"])),
-        ("Evaluation path in float32 by rows per call (us per row and evaluation)",
-         markdown_table(chunk_sizes(), ["rows", "tangent_mib", "us_per_row"])),
-        ("Evaluation solver: chunks one by one vs a refilled batch",
-         markdown_table(refilled_batch(), ["solve", "rows", "rows_per_call", "best_of", "seconds",
-                                           "speedup"])),
+        ("Evaluation solver on 20,000 rows by rows in flight (seconds, best of 3)",
+         markdown_table(rows_in_flight(*fitted), ["rows", "tangent_mib", "seconds"])),
+        ("Evaluation solver: chunks one by one vs a refilled batch (seconds, best of 3)",
+         markdown_table(refilled_batch(*fitted), ["solve", "rows", "rows_per_call", "seconds",
+                                                  "speedup"])),
         ("torch.compile", markdown_table(compiled(), ["what", "compile_s", "eager_ms",
                                                        "compiled_ms"])),
     ], "python benchmarks/evaluation_benchmark.py " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--rows"]:  # one chunk size, in this fresh process
-        block = random_block(torch.float32).frozen()
-        print(per_row_us(block.velocity_and_divergence, int(sys.argv[2]), torch.float32))
-    else:
-        main()
+    main()

@@ -49,7 +49,7 @@ def test_exact_divergence_matches_autograd_jacobian():
 
 
 @pytest.mark.parametrize("activation", ["silu", "softplus", "tanh", "elu", "swish"])
-@pytest.mark.parametrize("hidden_dims", [(), (6,), (5, 7, 3)])
+@pytest.mark.parametrize("hidden_dims", [(), (6,), (5, 7), (5, 7, 3), (4, 5, 6, 3)])
 def test_forward_mode_trace_matches_autograd_jacobian(activation, hidden_dims):
     # The evaluation path's trace (tangents carried through the layers, no autograd) against
     # the full Jacobian from autograd, with per-row times as the evaluation solver passes them.

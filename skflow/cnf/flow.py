@@ -144,17 +144,16 @@ class ContinuousFlow(nn.Module):
     def evaluation_chunk_rows(self):
         """Rows per evaluation call (the evaluation solver's ``max_rows``).
 
-        The exact trace carries ``n_features`` tangents of every hidden layer per row. On a CPU,
-        chunks whose tangent arrays stay under about 1 MiB run fastest: larger arrays leave the
-        cache and, with glibc's allocator, may be returned to the system and faulted back in at
-        every evaluation (``benchmarks/results/evaluation.md``, float32, 10 features, width 64,
-        per row and evaluation: 256 rows 3.8 us, 409 rows 3.3 us, 820 rows 5.6 us, 2048 rows
-        5.3 us). A GPU wants large chunks.
+        The exact trace carries ``n_features`` tangents of a hidden layer per row (twice: forward
+        from the input and back from the output). On a CPU, batches whose tangent arrays stay
+        within about 2 MiB run fastest (``benchmarks/results/evaluation.md``: 20,000 rows, 10
+        features, width 64, float32, seconds by rows in flight: 256 rows 3.97, 409 rows 3.67,
+        820 rows 3.44, 2048 rows 3.66). A GPU wants large batches.
         """
         width = max(layer.linear.out_features for layer in self.blocks[0].net.layers)
         tangent_bytes = self.n_features * width * torch.finfo(self.block_dtype).bits // 8
         if self.shift.device.type == "cpu":
-            return min(8192, max(64, 2 ** 20 // tangent_bytes))
+            return min(8192, max(64, 2 ** 21 // tangent_bytes))
         return max(256, 2 ** 26 // tangent_bytes)
 
     @torch.no_grad()

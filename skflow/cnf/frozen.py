@@ -63,11 +63,24 @@ class FrozenBlock:
                 pairs = weights[0].unsqueeze(2) * weights[1].t().unsqueeze(1)  # (k, i, m)
                 self.tangent_weights = pairs.reshape(pairs.shape[0], -1)
             self.n_features = d
+        self._workspace = {}
+
+    def _buffer(self, name, n, columns, like):
+        """A reused ``(n, columns)`` array. Allocating the large per-call arrays afresh at every
+        evaluation costs more than filling them: with glibc, blocks of this size may be returned
+        to the system when freed and faulted back in at the next call."""
+        buffer = self._workspace.get(name)
+        if buffer is None or buffer.shape[0] < n or buffer.dtype != like.dtype:
+            buffer = self._workspace[name] = like.new_empty((n, columns))
+        return buffer[:n]
 
     def _time_terms(self, s):
         """Per layer, every row's gate and offset at its time ``s``."""
-        gates = torch.addmm(self.gate_bias, s, self.gate_weight).sigmoid_()
-        offsets = torch.addcmul(s * self.shift_weight, gates, self.bias)
+        n, width = s.shape[0], self.gate_bias.shape[0]
+        gates = torch.addmm(self.gate_bias, s, self.gate_weight,
+                            out=self._buffer("gates", n, width, s)).sigmoid_()
+        offsets = torch.mul(s, self.shift_weight, out=self._buffer("offsets", n, width, s))
+        offsets.addcmul_(gates, self.bias)
         return gates.split(self.widths, dim=1), offsets.split(self.widths, dim=1)
 
     def _layer(self, index, h, gates, offsets):
@@ -97,15 +110,19 @@ class FrozenBlock:
         elif len(scales) == 1:
             diagonal = scales[0] @ self.first_to_diagonal
         else:
-            cotangents = (scales[-1] @ self.cotangent_weights).view(n, self.n_features, -1)
+            d = self.n_features
+            cotangents = torch.mm(scales[-1], self.cotangent_weights, out=self._buffer(
+                "cotangents", n, self.cotangent_weights.shape[1], z)).view(n, d, -1)
             if len(scales) == 2:
                 tangents = scales[0].unsqueeze(1)
             else:
-                tangents = (scales[0] @ self.tangent_weights).view(n, self.n_features, -1)
+                tangents = torch.mm(scales[0], self.tangent_weights, out=self._buffer(
+                    "tangents", n, self.tangent_weights.shape[1], z)).view(n, d, -1)
                 tangents.mul_(scales[1].unsqueeze(1))
                 for index in range(2, len(scales) - 1):
-                    tangents = (tangents.view(-1, tangents.shape[-1])
-                                @ self.weights_t[index]).view(n, self.n_features, -1)
-                    tangents.mul_(scales[index].unsqueeze(1))
-            diagonal = torch.linalg.vecdot(tangents, cotangents)
+                    weight_t = self.weights_t[index]
+                    following = torch.mm(tangents.view(n * d, -1), weight_t, out=self._buffer(
+                        f"tangents{index % 2}", n * d, weight_t.shape[1], z)).view(n, d, -1)
+                    tangents = following.mul_(scales[index].unsqueeze(1))
+            diagonal = cotangents.mul_(tangents).sum(-1)
         return out, torch.linalg.vecdot(diagonal, gates[-1])
