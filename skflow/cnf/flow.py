@@ -147,8 +147,8 @@ class ContinuousFlow(nn.Module):
         The exact trace carries ``n_features`` tangents of a hidden layer per row (twice: forward
         from the input and back from the output). On a CPU, batches whose tangent arrays stay
         within about 2 MiB run fastest (``benchmarks/results/evaluation.md``: 20,000 rows, 10
-        features, width 64, float32, seconds by rows in flight: 256 rows 3.97, 409 rows 3.67,
-        820 rows 3.44, 2048 rows 3.66). A GPU wants large batches.
+        features, width 64, float32, seconds by rows in flight: 256 rows 4.00, 409 rows 3.68,
+        820 rows 3.48, 1024 rows 3.40, 2048 rows 3.85). A GPU wants large batches.
         """
         width = max(layer.linear.out_features for layer in self.blocks[0].net.layers)
         tangent_bytes = self.n_features * width * torch.finfo(self.block_dtype).bits // 8
