@@ -63,8 +63,9 @@ def trace_methods():
     for dtype in (torch.float64, torch.float32):
         block = random_block(dtype)
         autograd = lambda s, z, block=block: exact_divergence(block.velocity, s, z, False)[:2]
+        frozen = block.frozen().velocity_and_divergence
         for label, fn in (("autograd, d vector-Jacobian products", autograd),
-                          ("frozen block (evaluation path)", block.frozen().velocity_and_divergence)):
+                          ("frozen block (evaluation path)", frozen)):
             rows.append(dict(method=label, dtype=str(dtype).replace("torch.", ""),
                              us_per_row=per_row_us(fn, ROWS, dtype),
                              us_per_call_of_one_row=per_row_us(fn, 1, dtype)))

@@ -71,7 +71,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     density in a fraction of the time; ``training='likelihood'`` maximizes the likelihood with
     Hutchinson's trace estimator and adjoint gradients, as in the paper. Evaluation
     (``score_samples``, ``transform``, ``inverse_transform``, ``sample``) uses the exact trace
-    (forward-mode, no autograd graph), with its own tolerances and a step size per row, so that
+    (no autograd graph), with its own tolerances and a step size per row, so that
     a row's log density does not depend on the other rows in the call (up to float32 rounding,
     about 1e-5 nats, or exactly with ``eval_dtype='float64'``).
 

@@ -40,7 +40,7 @@ class CNFBlock(nn.Module):
         return FrozenBlock(self)
 
     def velocity_and_divergence(self, s, z):
-        """The velocity and its exact divergence, by forward-mode differentiation (no graph)."""
+        """The velocity and its exact divergence, without a graph (see :meth:`frozen`)."""
         return self.frozen().velocity_and_divergence(s, z)
 
 

@@ -3,8 +3,9 @@
 An evaluation solve calls the dynamics tens of times per row with the same weights. Everything
 that depends only on the weights is prepared once here: transposed weights, the block's time
 length folded into the last layer, all layers' time gates and offsets from one product, and the
-weight products of the exact trace. An evaluation then runs about half as many tensor operations
-as the module would (``benchmarks/results/evaluation.md``).
+weight products of the exact trace; the large work arrays are kept from call to call. A call of
+one row, which measures this fixed cost, takes 91 us in float32 against 444 us for the autograd
+trace (``benchmarks/results/evaluation.md``).
 """
 
 import torch
@@ -24,8 +25,9 @@ class FrozenBlock:
     diagonal meets in the middle: tangents ``d h_{H-1} / d z_i`` carried forward from the input,
     and the rows ``i`` of ``W_o diag(s_H) W_H`` carried back from the output, each side one matrix
     product with weights prepared here (the first layer's Jacobian, ``s_1`` times a fixed weight,
-    never needs its own product). That is ``d`` forward passes of one hidden-to-hidden layer per
-    extra hidden layer, and no autograd: ``2 d`` full passes for ``d`` vector-Jacobian products.
+    never needs its own product). Per row that costs about ``d`` passes through one
+    hidden-to-hidden layer for each hidden layer after the first, against ``2 d`` full passes
+    for ``d`` vector-Jacobian products.
     """
 
     def __init__(self, block):
@@ -39,9 +41,9 @@ class FrozenBlock:
         # Gates sigmoid(s w_g + b_g) and offsets b * gate + s w_s of every layer, side by side.
         self.gate_weight = torch.cat([layer.gate.weight.t() for layer in layers], dim=1)
         self.gate_bias = torch.cat([layer.gate.bias for layer in layers])
-        self.shift_weight = torch.cat([layer.shift.weight.t() for layer in layers[:-1]]
-                                      + [layer.shift.weight.t() * time_length for layer in layers[-1:]],
-                                      dim=1)
+        shift_weights = [layer.shift.weight.t() for layer in layers]
+        shift_weights[-1] = shift_weights[-1] * time_length
+        self.shift_weight = torch.cat(shift_weights, dim=1)
         self.bias = torch.cat([layer.linear.bias for layer in layers[:-1]]
                               + [layers[-1].linear.bias * time_length])
         n_hidden = len(self.activations)
@@ -101,8 +103,8 @@ class FrozenBlock:
         gates, offsets = self._time_terms(s)
         h, scales = z, []
         for index, activation in enumerate(self.activations):
-            h, scale = value_and_scaled_derivative(activation, self._layer(index, h, gates, offsets),
-                                                   gates[index])
+            pre = self._layer(index, h, gates, offsets)
+            h, scale = value_and_scaled_derivative(activation, pre, gates[index])
             scales.append(scale)
         out = self._layer(-1, h, gates, offsets)
         if not scales:

@@ -21,9 +21,9 @@ class Swish(nn.Module):
         return y, scale * (s + self.beta * y * (1 - s))
 
 
-# ``(activation(x), scale * activation'(x))`` for the forward-mode trace, each derivative in one
-# fused kernel (the ones autograd uses). The modules are built with their default settings
-# (softplus beta 1 and threshold 20, ELU alpha 1).
+# ``(activation(x), scale * activation'(x))`` for the exact trace at evaluation, each
+# derivative in one fused kernel (the ones autograd uses). The modules are built with their
+# default settings (softplus beta 1 and threshold 20, ELU alpha 1).
 _aten = torch.ops.aten
 
 

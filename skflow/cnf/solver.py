@@ -149,8 +149,8 @@ def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000, nfe=N
             part = slice(admitted, admitted + take)
             admitted += take
             rows = torch.arange(part.start, part.stop, device=y0.device)
-            active, t, y = torch.cat([active, rows]), torch.cat([t, t0[part]]), torch.cat([y, y0[part]])
-            f, h = torch.cat([f, f0[part]]), torch.cat([h, h0[part]])
+            active, t = torch.cat([active, rows]), torch.cat([t, t0[part]])
+            y, f, h = torch.cat([y, y0[part]]), torch.cat([f, f0[part]]), torch.cat([h, h0[part]])
             steps = torch.cat([steps, torch.zeros_like(rows)])
         if active.numel() == 0:
             return result
