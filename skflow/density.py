@@ -143,7 +143,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Weight of the Jacobian Frobenius regularizer ``int ||df/dz||_F^2 dt``, estimated from
         the Hutchinson vector-Jacobian product; likelihood training only.
     learning_rate : float or 'auto', default='auto'
-        Adam step size (before the cosine decay to a tenth of it). ``'auto'``: 5e-3 for flow
+        Adam step size (before the cosine decay to a tenth of it over ``fit``; ``partial_fit``,
+        whose stream has no known length, keeps it constant). ``'auto'``: 5e-3 for flow
         matching, 1e-3 for likelihood training.
     weight_decay : float, default=1e-5
         Adam weight decay.
@@ -350,7 +351,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         value = getattr(self, name)
         return self._AUTO[self.training][name] if value == "auto" else value
 
-    def _training_config(self, max_iter=None, validation_interval=None, n_iter_no_change=None):
+    def _training_config(self, max_iter=None, validation_interval=None, n_iter_no_change=None,
+                         cosine_decay=True):
         solver = SolverConfig(method=self.solver, atol=self.atol, rtol=self.rtol,
                               n_steps=self.n_steps, max_num_steps=self.max_num_steps,
                               adjoint=self.adjoint)
@@ -365,7 +367,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             n_iter_no_change=patience if patience is not None else math.inf,
             validation_interval=validation_interval or self._resolved("validation_interval"),
             validation_atol=self.atol, validation_rtol=self.rtol,
-            max_num_steps=self.max_num_steps, verbose=self.verbose)
+            max_num_steps=self.max_num_steps, verbose=self.verbose, cosine_decay=cosine_decay)
 
     def _new_flow(self, X, seed):
         with torch.random.fork_rng(devices=[]):
@@ -383,7 +385,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                                 weight_decay=self.weight_decay)
 
     def _run_training(self, X, reset, max_iter=None, split=True, validation_interval=None,
-                      n_iter_no_change=None):
+                      n_iter_no_change=None, cosine_decay=True):
         """Train on ``X`` and set the fitted attributes only once training has succeeded."""
         _check_hidden_dims(self.hidden_dims)
         rng = check_random_state(self.random_state)
@@ -429,7 +431,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             X_train, X_val = X, X[order[:2048]]
         to_tensor = lambda a: torch.tensor(a, dtype=torch.float32, device=device)
         generator = torch.Generator(device=device).manual_seed(seed + world.rank)
-        config = self._training_config(max_iter, validation_interval, n_iter_no_change)
+        config = self._training_config(max_iter, validation_interval, n_iter_no_change,
+                                       cosine_decay)
         if world.size > 1:  # each rank its shard of the rows; the global minibatch is batch_size
             X_train, X_val = (_distributed.shard_rows(A, world.rank, world.size)
                               for A in (X_train, X_val))
@@ -476,10 +479,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             X = self._validate_fit_data(X, reset=reset)
             if not partial:
                 return self._run_training(X, reset=reset)
+            # A stream has no known length: no decay (a decay per call would saw the rate down
+            # and up again at every chunk).
             n_batches = max(1, math.ceil(X.shape[0] / self.batch_size))
             return self._run_training(X, reset=reset, max_iter=n_batches, split=False,
                                       validation_interval=n_batches,
-                                      n_iter_no_change=n_batches + 1)
+                                      n_iter_no_change=n_batches + 1, cosine_decay=False)
         except BaseException:
             for key in [k for k in vars(self) if k.endswith("_") or k.startswith("_o")]:
                 delattr(self, key)
@@ -509,7 +514,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         """One pass over ``X`` in minibatches, continuing from the current weights.
 
         The first call fixes the standardization from its chunk. There is no validation split
-        and no early stopping; the loss on the chunk is recorded in ``history_``.
+        and no early stopping; the loss on the chunk is recorded in ``history_``. The learning
+        rate stays at ``learning_rate`` (no decay: the stream's length is unknown).
 
         Parameters
         ----------

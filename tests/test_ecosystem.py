@@ -179,6 +179,17 @@ def test_partial_fit_over_more_chunks_beats_one_chunk():
     assert (one.n_iter_, many.n_iter_) == (10, 80)  # ten minibatches per chunk of 250
     assert len(many.history_) == 8
     assert many.score(held_out) > one.score(held_out) + 0.05
+    # A stream has no known length: the rate stays put instead of decaying within each chunk.
+    assert [entry["learning_rate"] for entry in many.history_] == [2e-2] * 8
+
+
+def test_fit_decays_the_learning_rate_partial_fit_does_not():
+    X = _bimodal(400, seed=3)
+    params = {**FIXED, "batch_size": 50, "max_iter": 40, "validation_interval": 40}
+    fitted = FFJORDDensity(**params).fit(X)
+    streamed = FFJORDDensity(**params).partial_fit(X)
+    assert fitted.history_[-1]["learning_rate"] < 0.2 * 1e-2  # cosine decay to a tenth
+    assert streamed.history_[-1]["learning_rate"] == 1e-2
 
 
 # ------------------------------------------------------------------- progress and warnings
