@@ -103,7 +103,7 @@ def rows_in_flight(flow, x):
     sizes = (256, 409, 512, 820, 1024, 2048)
     best = best_of({rows: solve(rows) for rows in sizes})
     del flow.evaluation_chunk_rows
-    return [dict(rows=rows, tangent_mib=rows * x.shape[1] * 64 * 4 / 2 ** 20,
+    return [dict(rows=rows, tangent_mib=rows * x.shape[1] * max(HIDDEN) * 4 / 2 ** 20,
                  seconds=best[rows]) for rows in sizes]
 
 

@@ -39,10 +39,6 @@ class CNFBlock(nn.Module):
         """The block with its current weights prepared for an evaluation solve."""
         return FrozenBlock(self)
 
-    def velocity_and_divergence(self, s, z):
-        """The velocity and its exact divergence, without a graph (see :meth:`frozen`)."""
-        return self.frozen().velocity_and_divergence(s, z)
-
 
 class AugmentedDynamics(nn.Module):
     """``(z, log-det, regularizers...)`` dynamics of one block, for torchdiffeq.

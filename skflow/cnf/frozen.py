@@ -72,7 +72,7 @@ class FrozenBlock:
         evaluation costs more than filling them: with glibc, blocks of this size may be returned
         to the system when freed and faulted back in at the next call."""
         buffer = self._workspace.get(name)
-        if buffer is None or buffer.shape[0] < n or buffer.dtype != like.dtype:
+        if buffer is None or buffer.shape[0] < n:
             buffer = self._workspace[name] = like.new_empty((n, columns))
         return buffer[:n]
 
