@@ -1,6 +1,6 @@
 """skflow: FFJORD continuous normalizing flows as scikit-learn density estimators."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .density import FFJORDDensity  # noqa: E402
 from .outlier import FFJORDOutlierDetector  # noqa: E402

@@ -1,5 +1,7 @@
 """FFJORDOutlierDetector: anomaly detection by low FFJORD log density."""
 
+from __future__ import annotations
+
 from numbers import Real
 
 import numpy as np
@@ -7,17 +9,13 @@ from sklearn.base import OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._state import atomic_fit
 from .density import FFJORDDensity
 
 __all__ = ["FFJORDOutlierDetector"]
 
 #: Share of the training rows below the threshold when ``contamination='auto'``.
 AUTO_CONTAMINATION = 0.01
-
-
-def _is_fitted_attribute(name):
-    # The rule FFJORDDensity._fit_atomically uses for the state that a failed fit must restore.
-    return name.endswith("_") or name.startswith("_o")
 
 
 class FFJORDOutlierDetector(OutlierMixin, FFJORDDensity):
@@ -53,7 +51,8 @@ random_state
     offset_ : float
         Log-density threshold: ``decision_function = score_samples - offset_``, and rows with a
         negative decision are outliers.
-    flow_, n_features_in_, feature_names_in_, n_iter_, history_, best_validation_loss_, device_
+    input_map_, preprocessing_, flow_, n_features_in_, feature_names_in_, n_iter_, history_, \
+best_validation_loss_, device_, world_size_
         As in :class:`~skflow.FFJORDDensity`.
 
     See Also
@@ -88,6 +87,7 @@ random_state
 
     def __init__(
         self,
+        *,
         hidden_dims=(64, 64, 64),
         preprocessing="standardize",
         activation="silu",
@@ -136,14 +136,11 @@ random_state
         self.contamination = contamination
 
     # ------------------------------------------------------------------ fitting
-    def _fit_and_score(self, X, partial):
-        """Train, then set ``offset_`` from the log densities of ``X``, which are returned.
-
-        If anything fails (training or scoring), the fitted state is restored as it was.
-        """
-        before = {k: v for k, v in vars(self).items() if _is_fitted_attribute(k)}
-        try:
-            self._fit_atomically(X, partial=partial)
+    def _fit_and_threshold(self, X, partial):
+        """Train, then set ``offset_`` from the log densities of ``X``, which are returned;
+        if anything fails (training or scoring), the fitted state is restored as it was."""
+        with atomic_fit(self):
+            self._fit(X, partial=partial)
             scores = self.score_samples(X)
             share = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
             offset = float(np.percentile(scores, 100.0 * share))
@@ -152,102 +149,34 @@ random_state
                     f"The log densities of the training rows gave a non-finite threshold "
                     f"({offset}); the flow did not fit these data.")
             self.offset_ = offset
-        except BaseException:
-            for key in [k for k in vars(self) if _is_fitted_attribute(k)]:
-                delattr(self, key)
-            vars(self).update(before)
-            raise
         return scores
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Fit the flow to ``X`` and set the outlier threshold ``offset_``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data; at least two rows, no constant column.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : FFJORDOutlierDetector
-            The fitted detector.
-        """
-        self._fit_and_score(X, partial=False)
+    def fit(self, X, y=None) -> FFJORDOutlierDetector:
+        """Fit the flow to ``X`` and set the outlier threshold ``offset_``; ``y`` is ignored.
+        Returns the fitted detector."""
+        self._fit_and_threshold(X, partial=False)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None):
-        """One pass over the chunk ``X``, then ``offset_`` from the chunk's log densities.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            One chunk of training data.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : FFJORDOutlierDetector
-            The updated detector.
-        """
-        self._fit_and_score(X, partial=True)
+    def partial_fit(self, X, y=None) -> FFJORDOutlierDetector:
+        """One pass over the chunk ``X``, then ``offset_`` from the chunk's log densities;
+        ``y`` is ignored. Returns the updated detector."""
+        self._fit_and_threshold(X, partial=True)
         return self
 
-    def fit_predict(self, X, y=None):
-        """Fit to ``X`` and label its rows: ``fit(X).predict(X)``, scoring ``X`` only once.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-            1 for inliers, -1 for outliers.
-        """
-        # Validation of the parameters happens in the decorated fit path.
-        scores = self._fit_with_validation(X)
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        """``fit(X).predict(X)``, scoring ``X`` only once: 1 for inliers, -1 for outliers."""
+        self._validate_params()
+        scores = self._fit_and_threshold(X, partial=False)
         return np.where(scores - self.offset_ >= 0, 1, -1)
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def _fit_with_validation(self, X):
-        return self._fit_and_score(X, partial=False)
-
     # --------------------------------------------------------------- prediction
-    def decision_function(self, X):
-        """Log density minus ``offset_``: negative for outliers, positive for inliers.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Points to evaluate.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_samples,)
-            ``score_samples(X) - offset_``.
-        """
+    def decision_function(self, X) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for outliers, positive for inliers."""
         check_is_fitted(self)
         return self.score_samples(X) - self.offset_
 
-    def predict(self, X):
-        """Label each row of ``X``: 1 for an inlier, -1 for an outlier.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Points to label.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-            1 where ``decision_function(X) >= 0``, else -1 (int).
-        """
+    def predict(self, X) -> np.ndarray:
+        """1 where ``decision_function(X) >= 0`` (an inlier), else -1 (an outlier)."""
         return np.where(self.decision_function(X) >= 0, 1, -1)

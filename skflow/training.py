@@ -1,31 +1,54 @@
-"""The training loop: objectives, minibatches, validation, early stopping and fault recovery.
+"""Training: :func:`fit_flow` fits a CNF to rows in flow space.
 
-The loop works on a :class:`~skflow.cnf.flow.ContinuousFlow` and tensors; it knows nothing of
-scikit-learn. :class:`TrainingConfig` gathers what the estimator's parameters decide.
+It knows nothing of scikit-learn: :class:`TrainingConfig` gathers what the estimator's
+parameters decide. One run draws its seed and validation split, trains a float32 copy of the
+flow on the device with Adam (minibatches, validation, early stopping, fault recovery) and
+returns the float64 flow with the best validated weights. Under ``torchrun`` the ranks train
+data-parallel (:mod:`skflow.distributed.torchrun`); in a single process the same code runs
+with collectives that do nothing.
 """
+
+from __future__ import annotations
 
 import copy
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
+from sklearn.utils import check_random_state
 
-from . import distributed
-from .cnf.divergence import sample_noise
-from .cnf.solver import SolverConfig, SolverError
+from .cnf.evaluation import Evaluator
+from .cnf.flow import ContinuousFlow, FlowSpec
+from .cnf.objectives import make_objective
+from .cnf.solver import SolverConfig
+from .distributed import torchrun
+from .exceptions import (FitInterruptedWarning, SolverError, TrainingDivergedError,
+                         TrainingFaultWarning)
 
-OBJECTIVES = ("likelihood", "flow_matching", "ot_flow_matching")
-
-
-class TrainingDivergedError(RuntimeError):
-    """Training kept producing non-finite losses or failed solves after the recovery attempts."""
+__all__ = ["TrainingConfig", "TrainingResult", "fit_flow", "validation_loss"]
 
 
 @dataclass
 class TrainingConfig:
+    """How :func:`fit_flow` trains.
+
+    ``n_iter_no_change`` validations without an improvement of 1e-4 nats stop training
+    (``math.inf``: never). ``validation_fraction`` of the rows are held out for validation; with
+    0, up to 2048 training rows are validated. ``averaging_decay`` > 0 validates and keeps an
+    exponential moving average of the weights. ``validation_atol`` / ``validation_rtol`` and
+    ``max_num_steps`` are the validation solver's.
+
+    Examples
+    --------
+    >>> from skflow.training import TrainingConfig
+    >>> TrainingConfig(objective="flow_matching", max_iter=200).batch_size
+    512
+    """
+
     objective: str = "likelihood"
     solver: SolverConfig = field(default_factory=SolverConfig)
     divergence: str = "hutchinson"
@@ -35,129 +58,145 @@ class TrainingConfig:
     weight_decay: float = 0.0
     batch_size: int = 512
     max_iter: int = 1000
-    n_iter_no_change: int = 10
+    validation_fraction: float = 0.1
+    n_iter_no_change: float = 10
     validation_interval: int = 50
     validation_atol: float = 1e-5
     validation_rtol: float = 1e-5
     max_num_steps: int = 1000
     max_recoveries: int = 3
     cosine_decay: bool = True
-    averaging_decay: float = 0.0  # > 0: validate and keep an exponential average of the weights
+    averaging_decay: float = 0.0
     verbose: int = 0
-    # Data-parallel over torch.distributed: each rank passes its shard of the training and
-    # validation rows; gradients, validation sums and fault flags are combined across ranks.
-    distributed: bool = False
 
 
 @dataclass
 class TrainingResult:
+    """What :func:`fit_flow` returns: the fitted float64 flow (on the CPU) and its record.
+
+    ``history`` has one entry per validation (see ``FFJORDDensity.history_``);
+    ``best_validation_loss`` is in nats per row, flow space; ``world_size`` counts the ranks
+    that trained together.
+    """
+
+    flow: ContinuousFlow
+    optimizer_state: dict
     n_iter: int
     history: list
     best_validation_loss: float
     stopped_early: bool
     interrupted: bool
+    device: str
+    world_size: int
 
 
-class LikelihoodObjective:
-    """Negative log-likelihood (nats per row, standardized units) plus weighted regularizers."""
+def fit_flow(flow: ContinuousFlow | FlowSpec, Z: np.ndarray, config: TrainingConfig,
+             random_state: int | np.random.RandomState | None = None,
+             device: str | torch.device = "cpu", optimizer_state: dict | None = None,
+             n_iter_start: int = 0) -> TrainingResult:
+    """Fit a flow to the rows ``Z`` (flow space, float64) and return the result.
 
-    def __init__(self, flow, config, generator):
-        self.flow, self.config, self.generator = flow, config, generator
-        self.regularization = {k: w for k, w in config.regularization.items() if w > 0}
-        self.dynamics = flow.training_dynamics(config.divergence, tuple(self.regularization))
+    ``flow`` is the flow to continue training (it is not modified) or the :class:`FlowSpec` of
+    a new one, built from the run's seed, so that ``random_state`` alone decides the fit.
+    ``optimizer_state`` continues Adam's moments (with ``config``'s learning rate and weight
+    decay). A run that cannot recover from its faults raises
+    :class:`~skflow.exceptions.TrainingDivergedError`; Ctrl-C stops it with the best weights.
 
-    def __call__(self, batch):
-        for func in self.dynamics:
-            func.nfe = 0
-        noise = None
-        if self.config.divergence == "hutchinson":
-            # One probe per solve, shared by all blocks and the adjoint pass.
-            noise = sample_noise(batch.shape, self.config.noise, self.generator, batch.device,
-                                 batch.dtype)
-        log_prob, penalties = self.flow.training_log_prob(batch, self.config.solver,
-                                                          self.dynamics, noise)
-        nll = -log_prob.mean()
-        loss = nll + sum(w * penalties[k].mean() for k, w in self.regularization.items())
-        return loss, nll
-
-    @property
-    def nfe(self):
-        return sum(func.nfe for func in self.dynamics)
-
-
-class FlowMatchingObjective:
-    """Conditional flow matching (Lipman et al. 2023) on the straight path from data to noise.
-
-    ``x_tau = (1 - tau) x + tau * eps`` has velocity ``eps - x``; with ``ot=True`` the pairs
-    ``(x, eps)`` are matched within the minibatch by exact optimal transport (Tong et al. 2024),
-    which straightens the learned flow. ``n_blocks`` blocks share the path: block ``k`` covers
-    ``tau`` in ``[k / K, (k + 1) / K]`` in its own time ``s``, so its target velocity is
-    ``(eps - x) / K``.
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skflow.cnf.flow import FlowSpec
+    >>> from skflow.training import TrainingConfig, fit_flow
+    >>> Z = np.random.RandomState(0).normal(size=(300, 2))
+    >>> config = TrainingConfig(objective="flow_matching", max_iter=20, validation_interval=10)
+    >>> result = fit_flow(FlowSpec(2, (8,)), Z, config, random_state=0)
+    >>> result.n_iter, [entry["iteration"] for entry in result.history]
+    (20, [10, 20])
     """
-
-    def __init__(self, flow, config, generator, ot=False):
-        self.flow, self.generator, self.ot = flow, generator, ot
-
-    def __call__(self, batch):
-        x = self.flow.standardize(batch)
-        eps = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-        if self.ot:
-            eps = self._ot_pairing(x, eps)
-        n_blocks = len(self.flow.blocks)
-        tau = torch.rand((x.shape[0], 1), generator=self.generator, device=x.device, dtype=x.dtype)
-        x_tau = (1 - tau) * x + tau * eps
-        target = (eps - x) / n_blocks
-        block_index = (tau[:, 0] * n_blocks).long().clamp(max=n_blocks - 1)
-        s = tau * n_blocks - block_index[:, None]
-        loss = 0.0
-        for k, block in enumerate(self.flow.blocks):
-            rows = block_index == k
-            residual = block.velocity(s[rows], x_tau[rows]) - target[rows]
-            loss = loss + residual.pow(2).sum()
-        loss = loss / x.shape[0]
-        return loss, loss
-
-    nfe = 0  # no ODE solve
-
-    @staticmethod
-    def _ot_pairing(x, eps, block=256):
-        """Reorder ``eps`` to the optimal assignment to ``x`` (squared distances), solved within
-        blocks of ``block`` rows: exact assignment costs O(n^3), which at a batch of 1024 would
-        dwarf the training step."""
-        paired = torch.empty_like(eps)
-        for start in range(0, x.shape[0], block):
-            rows = slice(start, start + block)
-            cost = torch.cdist(x[rows], eps[rows]).pow(2).cpu().numpy()
-            _, columns = linear_sum_assignment(cost)
-            paired[rows] = eps[rows][torch.as_tensor(columns, device=x.device)]
-        return paired
+    world, device = torchrun.setup(torch.device(device))  # data-parallel under torchrun
+    # Every rank: rank 0's seed and split, and the same rows.
+    rng = torchrun.broadcast_object(check_random_state(random_state))
+    torchrun.check_same_data(Z)
+    seed = int(rng.randint(np.iinfo(np.int32).max))
+    master = flow.build(seed) if isinstance(flow, FlowSpec) else copy.deepcopy(flow)
+    # The flow is kept in float64 on the CPU; training runs on a float32 copy on the device.
+    working = copy.deepcopy(master).to(device=device, dtype=torch.float32)
+    optimizer = _make_optimizer(working, config, optimizer_state)
+    Z_train, Z_val = (torch.tensor(torchrun.shard_rows(part), dtype=torch.float32, device=device)
+                      for part in _split(Z, config.validation_fraction, rng))
+    generator = torch.Generator(device=device).manual_seed(seed + world.rank)
+    # Each rank its shard of the rows: the global minibatch stays batch_size.
+    batches = _minibatches(Z_train, max(1, config.batch_size // world.size), generator)
+    run = _Run(working, optimizer, config, generator, n_iter_start)
+    run.train(batches, Z_val)
+    torchrun.broadcast_training_state(working, optimizer)  # every rank ends with rank 0's
+    master.load_state_dict(working.state_dict())  # casts back to float64
+    return TrainingResult(
+        flow=master, optimizer_state=_to_cpu(optimizer.state_dict()), n_iter=run.iteration,
+        history=run.history, best_validation_loss=run.best_loss,
+        stopped_early=run.stopped_early, interrupted=run.interrupted, device=str(device),
+        world_size=world.size)
 
 
-def make_objective(flow, config, generator):
-    if config.objective == "likelihood":
-        return LikelihoodObjective(flow, config, generator)
-    return FlowMatchingObjective(flow, config, generator, ot=config.objective == "ot_flow_matching")
+def _split(Z, validation_fraction, rng):
+    """Training and validation rows; without a split, up to 2048 training rows validate."""
+    n_val = int(round(validation_fraction * Z.shape[0]))
+    order = rng.permutation(Z.shape[0])
+    if 0 < n_val < Z.shape[0]:
+        return Z[order[n_val:]], Z[order[:n_val]]
+    return Z, Z[order[:2048]]
 
 
-def validation_loss(flow, X_val, config):
-    """Mean exact negative log-likelihood (standardized units) with the per-row solver."""
-    with torch.no_grad():
-        log_prob = flow.log_prob(X_val, config.validation_atol, config.validation_rtol,
-                                 config.max_num_steps)
-        total = float((log_prob - flow.log_abs_det_standardization()).sum())
-    return -total / X_val.shape[0]
+def _make_optimizer(flow, config, state):
+    optimizer = torch.optim.Adam([p for p in flow.parameters() if p.requires_grad],
+                                 lr=config.learning_rate, weight_decay=config.weight_decay)
+    if state is not None:  # continue the moments, with this run's rate and decay
+        optimizer.load_state_dict(copy.deepcopy(state))  # Adam updates its moments in place
+        for group in optimizer.param_groups:
+            group["lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
+    return optimizer
 
 
-def _global_validation_loss(flow, X_val, config):
-    """The validation loss over all ranks' shards of the validation set (same on every rank)."""
-    if not config.distributed:
-        return validation_loss(flow, X_val, config)
-    n = X_val.shape[0]
+def _minibatches(Z, batch_size, generator) -> Iterator[torch.Tensor]:
+    """Minibatches of ``batch_size`` rows, reshuffled at every epoch (the last partial one
+    dropped)."""
+    n = Z.shape[0]
+    batch_size = min(batch_size, n)
+    while True:
+        permutation = torch.randperm(n, generator=generator, device=Z.device)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield Z[permutation[start:start + batch_size]]
+
+
+def validation_loss(flow: ContinuousFlow, Z_val: torch.Tensor, config: TrainingConfig) -> float:
+    """Mean exact negative log-likelihood of the rows ``Z_val`` (flow space), per-row solver.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.cnf.flow import ContinuousFlow
+    >>> from skflow.training import TrainingConfig, validation_loss
+    >>> flow = ContinuousFlow(2, (8,))  # the identity map: the standard normal's loss
+    >>> round(validation_loss(flow, torch.zeros(3, 2), TrainingConfig()), 4)
+    1.8379
+    """
+    dtype = next(flow.parameters()).dtype
+    evaluator = Evaluator(flow, config.validation_atol, config.validation_rtol,
+                          config.max_num_steps, dtype=dtype, device=Z_val.device)
+    return -float(evaluator.log_prob(Z_val).mean())
+
+
+def _global_validation_loss(flow, Z_val, config):
+    """The validation loss over all ranks' shards (the same on every rank). A rank whose solve
+    failed still joins the gather, so that every rank sees the fault, then raises its error."""
+    n, error = Z_val.shape[0], None
     try:
-        total = validation_loss(flow, X_val, config) * n if n else 0.0
-    except SolverError:  # still join the gather, so that every rank sees the fault
-        total = math.nan
-    sums = distributed.gather_values([total, n]).sum(axis=0)
+        total = validation_loss(flow, Z_val, config) * n if n else 0.0
+    except SolverError as failure:
+        total, error = math.nan, failure
+    sums = torchrun.gather_values([total, n]).sum(axis=0)
+    if error is not None:
+        raise error
     return float(sums[0] / sums[1])
 
 
@@ -168,6 +207,23 @@ def _state_snapshot(flow, optimizer):
 def _gradients_finite(parameters):
     grads = [p.grad for p in parameters if p.grad is not None]
     return bool(torch.isfinite(torch.stack([g.norm() for g in grads])).all()) if grads else True
+
+
+def _learning_rate_factor(iteration, max_iter, cosine_decay):
+    """Cosine decay from 1 to 0.1 over the run: large steps early, fine ones at the end."""
+    if not cosine_decay:
+        return 1.0
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(iteration / max_iter, 1.0)))
+
+
+def _to_cpu(state):
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_cpu(v) for v in state)
+    return state
 
 
 class _Progress:
@@ -200,30 +256,6 @@ class _Progress:
             self.bar.close()
 
 
-def _recover(fault, recoveries, flow, optimizer, good_state, config, iteration):
-    """Restore the last good weights and divide the learning rate by 10, or give up."""
-    recoveries += 1
-    if recoveries > config.max_recoveries:
-        raise TrainingDivergedError(
-            f"training failed {recoveries} times ({fault}) even after restoring the last good "
-            "weights and lowering the learning rate. Try a smaller learning_rate, a fixed-grid "
-            "solver, a larger weight_decay, or the kinetic_energy / jacobian_frobenius "
-            "regularizers; if the solves hit max_num_steps, raise max_num_steps or loosen the "
-            "tolerances.") from fault
-    flow.load_state_dict(good_state[0])
-    optimizer.load_state_dict(good_state[1])
-    warnings.warn(f"{fault} at iteration {iteration}: restored the last good weights and divided "
-                  "the learning rate by 10.", RuntimeWarning, stacklevel=4)
-    return recoveries
-
-
-def _learning_rate_factor(iteration, max_iter, cosine_decay):
-    """Cosine decay from 1 to 0.1 over the run: large steps early, fine ones at the end."""
-    if not cosine_decay:
-        return 1.0
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(iteration / max_iter, 1.0)))
-
-
 class _AveragedWeights:
     """Exponential moving average of the weights (Polyak averaging). Flow matching's regression
     targets are noisy, and the average of the iterates is a markedly better density than the
@@ -244,145 +276,170 @@ class _AveragedWeights:
         self.steps = 0
 
 
-def train(flow, optimizer, X_train, X_val, config, generator, n_iter_start=0):
-    """Train ``flow`` in place for up to ``config.max_iter`` optimizer steps.
+class _Sums:
+    """Training loss and evaluation counts summed since the last validation."""
+
+    def __init__(self):
+        self.loss, self.nfe_forward, self.nfe_backward, self.count = 0.0, 0, 0, 0
+
+    def add(self, loss, nfe_forward, nfe_backward):
+        self.loss += loss
+        self.nfe_forward += nfe_forward
+        self.nfe_backward += nfe_backward
+        self.count += 1
+
+    def means(self, elapsed):
+        """Means over the steps and the ranks, and the slowest rank's time."""
+        gathered = torchrun.gather_values([self.loss, self.nfe_forward, self.nfe_backward,
+                                           elapsed])
+        loss, nfe_forward, nfe_backward = (float(v) / self.count
+                                           for v in gathered[:, :3].mean(axis=0))
+        return loss, nfe_forward, nfe_backward, float(gathered[:, 3].max())
+
+
+class _Run:
+    """One training run: the optimizer steps, validations, recoveries and their record.
 
     Validation runs every ``validation_interval`` steps and at the end; training stops after
     ``n_iter_no_change`` validations without improvement, and the best-validation weights are
     restored (with ``averaging_decay`` > 0, validation and the kept weights use an exponential
-    moving average of the iterates). The learning rate follows a cosine decay to a tenth of its start (unless
-    ``cosine_decay`` is off). A non-finite loss or gradient, or a failed solve, restores the
-    last good weights, divides the learning rate by 10 and continues; after ``max_recoveries`` such faults
-    :class:`TrainingDivergedError` is raised. Ctrl-C stops training and keeps the best weights.
+    moving average of the iterates). The learning rate follows a cosine decay to a tenth of its
+    start (unless ``cosine_decay`` is off). A non-finite loss or gradient, or a failed solve,
+    restores the last good weights, divides the learning rate by 10 and continues; after
+    ``max_recoveries`` such faults :class:`TrainingDivergedError` is raised. Ctrl-C stops
+    training and keeps the best weights.
     """
-    parameters = [p for p in flow.parameters() if p.requires_grad]
-    objective = make_objective(flow, config, generator)
-    n_train = X_train.shape[0]
-    batch_size = min(config.batch_size, n_train)
-    history, progress = [], _Progress(config.verbose, config.max_iter)
-    best_loss, best_state = math.inf, copy.deepcopy(flow.state_dict())
-    good_state = _state_snapshot(flow, optimizer)
-    averaged = _AveragedWeights(flow, config.averaging_decay) if config.averaging_decay else None
-    n_bad, recoveries, stopped_early, interrupted = 0, 0, False, False
-    sums = dict(loss=0.0, nfe_forward=0, nfe_backward=0, count=0)
-    permutation, cursor = None, n_train
-    base_lrs, lr_scale = [group["lr"] for group in optimizer.param_groups], 1.0
-    started = time.perf_counter()
-    iteration = 0
-    try:
-        while iteration < config.max_iter:
-            if cursor + batch_size > n_train:  # new epoch: reshuffle
-                permutation = torch.randperm(n_train, generator=generator, device=X_train.device)
-                cursor = 0
-            batch = X_train[permutation[cursor:cursor + batch_size]]
-            cursor += batch_size
 
-            factor = lr_scale * _learning_rate_factor(iteration, config.max_iter,
-                                                      config.cosine_decay)
-            for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base_lr * factor
-            optimizer.zero_grad(set_to_none=True)
-            fault = None
-            try:
-                loss, nll = objective(batch)
-                nfe_forward = objective.nfe
-                if not torch.isfinite(loss):
-                    raise FloatingPointError("non-finite loss")
-                loss.backward()
-            except (SolverError, FloatingPointError) as error:
-                fault = error
-            if config.distributed:  # every rank takes the same branch: recover if any failed
-                if distributed.any_across_ranks(fault is not None) and fault is None:
-                    fault = FloatingPointError("non-finite loss or failed solve on another rank")
-                if fault is None:
-                    distributed.average_gradients(parameters)
-            if fault is None:
-                bad_gradient = not _gradients_finite(parameters)
-                if config.distributed:
-                    bad_gradient = distributed.any_across_ranks(bad_gradient)
-                if bad_gradient:
-                    fault = FloatingPointError("non-finite gradient")
-            if fault is not None:
-                recoveries = _recover(fault, recoveries, flow, optimizer, good_state, config,
-                                      n_iter_start + iteration + 1)
-                lr_scale /= 10
-                if averaged:
-                    averaged.reset(flow)
-                continue
-            optimizer.step()
-            if averaged:
-                averaged.update(flow)
-            iteration += 1
-            progress.step()
-            sums["loss"] += float(nll.detach())
-            sums["nfe_forward"] += nfe_forward
-            sums["nfe_backward"] += objective.nfe - nfe_forward
-            sums["count"] += 1
+    def __init__(self, flow, optimizer, config, generator, n_iter_start):
+        self.flow, self.optimizer, self.config = flow, optimizer, config
+        self.n_iter_start = n_iter_start
+        self.parameters = [p for p in flow.parameters() if p.requires_grad]
+        self.objective = make_objective(flow, config, generator)
+        self.averaged = (_AveragedWeights(flow, config.averaging_decay)
+                         if config.averaging_decay else None)
+        self.base_lrs, self.lr_scale = [g["lr"] for g in optimizer.param_groups], 1.0
+        self.best_loss, self.best_state = math.inf, copy.deepcopy(flow.state_dict())
+        self.good_state = _state_snapshot(flow, optimizer)
+        self.iteration, self.recoveries, self.n_bad = 0, 0, 0
+        self.stopped_early, self.interrupted = False, False
+        self.history, self.sums, self.started = [], _Sums(), time.perf_counter()
 
-            if iteration % config.validation_interval == 0 or iteration == config.max_iter:
-                validated = averaged.model if averaged else flow
-                try:
-                    val_loss = _global_validation_loss(validated, X_val, config)
-                    fault = None if math.isfinite(val_loss) else FloatingPointError(
-                        "non-finite validation loss")
-                except SolverError as error:  # a failed validation solve is a fault too
-                    fault = error
-                if fault is not None:
-                    recoveries = _recover(fault, recoveries, flow, optimizer, good_state, config,
-                                          n_iter_start + iteration)
-                    lr_scale /= 10
-                    if averaged:
-                        averaged.reset(flow)
-                    continue
-                count, elapsed = sums["count"], time.perf_counter() - started
-                if config.distributed:  # means over the ranks, the slowest rank's time
-                    gathered = distributed.gather_values(
-                        [sums["loss"], sums["nfe_forward"], sums["nfe_backward"], elapsed])
-                    sums["loss"], sums["nfe_forward"], sums["nfe_backward"] = map(
-                        float, gathered[:, :3].mean(axis=0))
-                    elapsed = float(gathered[:, 3].max())
-                entry = dict(iteration=n_iter_start + iteration, train_loss=sums["loss"] / count,
-                             val_loss=val_loss, nfe_forward=sums["nfe_forward"] / count,
-                             nfe_backward=sums["nfe_backward"] / count,
-                             learning_rate=optimizer.param_groups[0]["lr"],
-                             time=elapsed)
-                history.append(entry)
-                progress.record(entry)
-                sums = dict(loss=0.0, nfe_forward=0, nfe_backward=0, count=0)
-                good_state = _state_snapshot(flow, optimizer)
-                if val_loss < best_loss - 1e-4:
-                    best_loss, n_bad = val_loss, 0
-                    best_state = copy.deepcopy(validated.state_dict())
-                else:
-                    n_bad += 1
-                    if n_bad >= config.n_iter_no_change:
-                        stopped_early = True
-                        break
-    except KeyboardInterrupt:
-        interrupted = True
-        warnings.warn(f"fit interrupted at iteration {n_iter_start + iteration}; keeping the best "
-                      "weights found so far.", RuntimeWarning, stacklevel=3)
-    finally:
-        progress.close()
-
-    if interrupted and not math.isfinite(best_loss):
-        # Interrupted before the first validation: keep the steps taken if their weights
-        # validate (on this rank's rows: no collectives here), else the last good weights.
+    def train(self, batches, Z_val):
+        progress = _Progress(self.config.verbose, self.config.max_iter)
         try:
-            best_loss = validation_loss(flow, X_val, config) if len(X_val) else math.nan
-        except (SolverError, KeyboardInterrupt):
-            best_loss = math.nan
-        if math.isfinite(best_loss):
-            best_state = copy.deepcopy(flow.state_dict())
+            while self.iteration < self.config.max_iter and not self.stopped_early:
+                fault = self._step(next(batches))
+                if fault is not None:
+                    self._recover(fault, self.iteration + 1)
+                    continue
+                progress.step()
+                if (self.iteration % self.config.validation_interval == 0
+                        or self.iteration == self.config.max_iter):
+                    fault = self._validate(Z_val, progress)
+                    if fault is not None:
+                        self._recover(fault, self.iteration)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            warnings.warn(f"fit interrupted at iteration {self.n_iter_start + self.iteration}; "
+                          "keeping the best weights found so far.", FitInterruptedWarning,
+                          stacklevel=4)
+        finally:
+            progress.close()
+        self._keep_best(Z_val)
+
+    def _step(self, batch):
+        """One optimizer step; returns the fault that prevented it, if any (on any rank)."""
+        factor = self.lr_scale * _learning_rate_factor(self.iteration, self.config.max_iter,
+                                                       self.config.cosine_decay)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * factor
+        self.optimizer.zero_grad(set_to_none=True)
+        fault = None
+        try:
+            loss, reported = self.objective(batch)
+            nfe_forward = self.objective.nfe
+            if not torch.isfinite(loss):
+                raise FloatingPointError("non-finite loss")
+            loss.backward()
+        except (SolverError, FloatingPointError) as error:
+            fault = error
+        # Every rank takes the same branch: all recover if any failed.
+        if torchrun.any_across_ranks(fault is not None) and fault is None:
+            fault = FloatingPointError("non-finite loss or failed solve on another rank")
+        if fault is None:
+            torchrun.average_gradients(self.parameters)
+            if torchrun.any_across_ranks(not _gradients_finite(self.parameters)):
+                fault = FloatingPointError("non-finite gradient")
+        if fault is not None:
+            return fault
+        self.optimizer.step()
+        if self.averaged:
+            self.averaged.update(self.flow)
+        self.iteration += 1
+        self.sums.add(float(reported.detach()), nfe_forward, self.objective.nfe - nfe_forward)
+        return None
+
+    def _validate(self, Z_val, progress):
+        """Validate, record, keep the best weights; returns a fault instead, if any."""
+        validated = self.averaged.model if self.averaged else self.flow
+        try:
+            val_loss = _global_validation_loss(validated, Z_val, self.config)
+            if not math.isfinite(val_loss):
+                raise FloatingPointError("non-finite validation loss")
+        except (SolverError, FloatingPointError) as error:  # a failed validation is a fault
+            return error
+        loss, nfe_forward, nfe_backward, elapsed = self.sums.means(
+            time.perf_counter() - self.started)
+        entry = dict(iteration=self.n_iter_start + self.iteration, train_loss=loss,
+                     val_loss=val_loss, nfe_forward=nfe_forward, nfe_backward=nfe_backward,
+                     learning_rate=self.optimizer.param_groups[0]["lr"], time=elapsed)
+        self.history.append(entry)
+        progress.record(entry)
+        self.sums = _Sums()
+        self.good_state = _state_snapshot(self.flow, self.optimizer)
+        if val_loss < self.best_loss - 1e-4:
+            self.best_loss, self.n_bad = val_loss, 0
+            self.best_state = copy.deepcopy(validated.state_dict())
         else:
-            best_loss, best_state = math.inf, good_state[0]
-            flow.load_state_dict(best_state)
-    elif not math.isfinite(best_loss):
-        raise TrainingDivergedError(
-            "no validation succeeded: every validation solve failed or was non-finite, so the "
-            "weights were never checked. Try a smaller learning_rate, a larger max_num_steps or "
-            "looser atol / rtol.")
-    if math.isfinite(best_loss):
-        flow.load_state_dict(best_state)
-    return TrainingResult(n_iter=iteration, history=history, best_validation_loss=best_loss,
-                          stopped_early=stopped_early, interrupted=interrupted)
+            self.n_bad += 1
+            self.stopped_early = self.n_bad >= self.config.n_iter_no_change
+        return None
+
+    def _recover(self, fault, iteration):
+        """Restore the last good weights and divide the learning rate by 10, or give up."""
+        self.recoveries += 1
+        if self.recoveries > self.config.max_recoveries:
+            raise TrainingDivergedError(
+                f"training failed {self.recoveries} times ({fault}) even after restoring the "
+                "last good weights and lowering the learning rate. Try a smaller "
+                "learning_rate, a fixed-grid solver, a larger weight_decay, or the "
+                "kinetic_energy / jacobian_frobenius regularizers; if the solves hit "
+                "max_num_steps, raise max_num_steps or loosen the tolerances.") from fault
+        self.flow.load_state_dict(self.good_state[0])
+        self.optimizer.load_state_dict(self.good_state[1])
+        warnings.warn(f"{fault} at iteration {self.n_iter_start + iteration}: restored the last "
+                      "good weights and divided the learning rate by 10.", TrainingFaultWarning,
+                      stacklevel=5)
+        self.lr_scale /= 10
+        if self.averaged:
+            self.averaged.reset(self.flow)
+
+    def _keep_best(self, Z_val):
+        """Load the best validated weights; an interrupted run before its first validation
+        keeps the steps taken if they validate (this rank's rows: no collectives here)."""
+        if self.interrupted and not math.isfinite(self.best_loss):
+            try:
+                self.best_loss = (validation_loss(self.flow, Z_val, self.config)
+                                  if len(Z_val) else math.nan)
+            except (SolverError, KeyboardInterrupt):
+                self.best_loss = math.nan
+            if math.isfinite(self.best_loss):
+                self.best_state = copy.deepcopy(self.flow.state_dict())
+            else:
+                self.best_loss, self.best_state = math.inf, self.good_state[0]
+        elif not math.isfinite(self.best_loss):
+            raise TrainingDivergedError(
+                "no validation succeeded: every validation solve failed or was non-finite, so "
+                "the weights were never checked. Try a smaller learning_rate, a larger "
+                "max_num_steps or looser atol / rtol.")
+        self.flow.load_state_dict(self.best_state)

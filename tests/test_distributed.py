@@ -1,5 +1,5 @@
 """Scaling out: data-parallel training under torchrun, and Dask model selection, scoring,
-sampling and streaming (see skflow/distributed.py and docs/scaling.md)."""
+sampling and streaming (see skflow/distributed/ and docs/scaling.md)."""
 
 import json
 import os
@@ -102,7 +102,8 @@ import skflow.distributed as D
 from skflow import FFJORDDensity
 from skflow.cnf.flow import ContinuousFlow
 from skflow.cnf.solver import SolverConfig
-from skflow.training import TrainingConfig, make_objective
+from skflow.cnf.objectives import make_objective
+from skflow.training import TrainingConfig
 
 warnings.simplefilter("ignore")
 out, params = Path(sys.argv[1]), json.loads(sys.argv[2])
@@ -143,11 +144,11 @@ res["grad_scale"] = max(float(g.abs().max()) for g in full)
 
 # The estimator: record whether the ranks had drifted apart before the final broadcast.
 drift = []
-broadcast = D.broadcast_training_state
+broadcast = D.torchrun.broadcast_training_state
 def recording_broadcast(*args, **kwargs):
     drift.append(broadcast(*args, **kwargs))
     return drift[-1]
-D.broadcast_training_state = recording_broadcast
+D.torchrun.broadcast_training_state = recording_broadcast  # where fit looks it up
 X, X_test = bimodal(800, 0), bimodal(400, 1)
 est = FFJORDDensity(**params).fit(X)
 res.update(world_size=est.world_size_, n_iter=est.n_iter_, history=est.history_,
@@ -309,8 +310,9 @@ warnings.simplefilter("ignore")
 out, params = Path(sys.argv[1]), json.loads(sys.argv[2])
 dist.init_process_group("gloo")  # a group the script made itself: fit uses it as it is
 drift = []
-broadcast = D.broadcast_training_state
-D.broadcast_training_state = lambda *a, **k: drift.append(broadcast(*a, **k)) or drift[-1]
+broadcast = D.torchrun.broadcast_training_state
+D.torchrun.broadcast_training_state = (  # where fit looks it up
+    lambda *a, **k: drift.append(broadcast(*a, **k)) or drift[-1])
 rng = np.random.RandomState(0)
 X = np.concatenate([rng.normal(-1.5, 0.5, (400, 2)), rng.normal(1.5, 0.5, (400, 2))])
 est = FFJORDDensity(**dict(params, device="cuda")).fit(X[rng.permutation(800)])

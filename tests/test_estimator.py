@@ -54,7 +54,7 @@ def test_float32_and_float64_evaluation_agree_to_the_solver_tolerance(fitted_2d)
     np.testing.assert_allclose(float32.score_samples(X), float64.score_samples(X), atol=1e-4)
     np.testing.assert_allclose(float32.transform(X), float64.transform(X), atol=1e-4)
     # The fitted flow itself stays float64.
-    assert float32.flow_.shift.dtype == torch.float64
+    assert next(float32.flow_.parameters()).dtype == torch.float64
 
 
 def test_fit_and_sample_are_repeatable_with_random_state():

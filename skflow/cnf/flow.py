@@ -1,11 +1,14 @@
-"""The continuous normalizing flow: standardization followed by stacked CNF blocks.
+"""The continuous normalizing flow: stacked CNF blocks from the mapped data to a standard normal.
 
 Convention: each block maps data-side ``z(0)`` to latent-side ``z(1)`` under ``dz/ds = v(z, s)``,
 with ``v = T * f(z, s)`` for the block's time length ``T``. Along a trajectory,
 ``log p_0(z(0)) = log p_1(z(1)) + int_0^1 Tr(dv/dz) ds``.
 """
 
+from __future__ import annotations
+
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -14,7 +17,10 @@ from .divergence import exact_divergence, hutchinson_divergence
 from .frozen import FrozenBlock
 from .layers import DynamicsMLP
 from .regularizers import INTEGRANDS
-from .solver import integrate, solve_per_row
+from .solver import SolverConfig, integrate
+
+__all__ = ["FlowSpec", "ContinuousFlow", "CNFBlock", "AugmentedDynamics",
+           "standard_normal_log_prob"]
 
 
 class CNFBlock(nn.Module):
@@ -74,46 +80,66 @@ def standard_normal_log_prob(z):
     return -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
 
 
-class ContinuousFlow(nn.Module):
-    """Standardization ``(x - shift) / scale`` followed by ``n_blocks`` CNF blocks."""
+@dataclass(frozen=True)
+class FlowSpec:
+    """What a new :class:`ContinuousFlow` is made of; :meth:`build` makes one from a seed."""
 
-    def __init__(self, n_features, hidden_dims, activation="softplus", n_blocks=1,
-                 time_length=1.0, train_time_length=False):
+    n_features: int
+    hidden_dims: tuple[int, ...] = (64, 64, 64)
+    activation: str = "silu"
+    n_blocks: int = 1
+    time_length: float = 1.0
+    train_time_length: bool = False
+
+    def build(self, seed: int) -> "ContinuousFlow":
+        """A new float64 flow, its weights drawn from ``seed`` (the global torch RNG untouched)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            flow = ContinuousFlow(self.n_features, self.hidden_dims, self.activation,
+                                  self.n_blocks, self.time_length, self.train_time_length)
+        return flow.double()
+
+
+class ContinuousFlow(nn.Module):
+    """``n_blocks`` CNF blocks, data side first; the latent is a standard normal.
+
+    The flow sees rows already mapped by :class:`skflow.preprocessing.InputMap`. Training goes
+    through :meth:`training_log_prob` (torchdiffeq, batch-shared steps, gradients by adjoint or
+    backprop); evaluation through :class:`skflow.cnf.evaluation.Evaluator` (per-row steps, the
+    exact trace, no autograd).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.cnf.flow import ContinuousFlow
+    >>> flow = ContinuousFlow(2, (16, 16), "silu", n_blocks=2)
+    >>> flow.n_features, len(flow.blocks)
+    (2, 2)
+    """
+
+    def __init__(self, n_features: int, hidden_dims: tuple[int, ...],
+                 activation: str = "softplus", n_blocks: int = 1, time_length: float = 1.0,
+                 train_time_length: bool = False):
         super().__init__()
-        self.register_buffer("shift", torch.zeros(n_features))
-        self.register_buffer("scale", torch.ones(n_features))
         self.blocks = nn.ModuleList(
             CNFBlock(n_features, hidden_dims, activation, time_length, train_time_length)
             for _ in range(n_blocks))
 
     @property
-    def n_features(self):
-        return self.shift.shape[0]
+    def n_features(self) -> int:
+        return self.blocks[0].net.layers[0].linear.in_features
 
-    def set_standardization(self, shift, scale):
-        self.shift.copy_(torch.as_tensor(shift))
-        self.scale.copy_(torch.as_tensor(scale))
-
-    def standardize(self, x):
-        return (x - self.shift) / self.scale
-
-    def unstandardize(self, z):
-        return z * self.scale + self.shift
-
-    def log_abs_det_standardization(self):
-        return -self.scale.log().sum()
-
-    # Training: batch-shared steps through torchdiffeq, gradients by adjoint or backprop.
-    def training_log_prob(self, x, config, dynamics, noise=None):
-        """Log density of ``x`` in standardized units, with batch-shared solver steps.
+    def training_log_prob(self, z: torch.Tensor, config: SolverConfig,
+                          dynamics: list[AugmentedDynamics], noise: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Log density of the mapped rows ``z``, with batch-shared solver steps.
 
         ``dynamics`` is the list from :meth:`training_dynamics` (kept by the caller, which reads
         their NFE counters after the backward pass too). Returns ``(log_prob, penalties)`` where
         ``penalties`` maps each regularizer to its per-row integral summed over blocks.
         """
         regularizers = dynamics[0].regularizers
-        z = self.standardize(x)
-        log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         penalties = {name: torch.zeros_like(log_det) for name in regularizers}
         for func in dynamics:
             func.noise = noise
@@ -123,73 +149,9 @@ class ContinuousFlow(nn.Module):
             log_det = log_det + delta
             for name, integral in zip(regularizers, integrals):
                 penalties[name] = penalties[name] + integral
-        log_prob = standard_normal_log_prob(z) + log_det
-        return log_prob, penalties
+        return standard_normal_log_prob(z) + log_det, penalties
 
-    def training_dynamics(self, divergence, regularizers):
+    def training_dynamics(self, divergence: str, regularizers: tuple[str, ...]
+                          ) -> list[AugmentedDynamics]:
+        """One :class:`AugmentedDynamics` per block, for :meth:`training_log_prob`."""
         return [AugmentedDynamics(block, divergence, regularizers) for block in self.blocks]
-
-    # Evaluation (no gradients): per-row adaptive steps and the exact trace, so rows never
-    # interact. The standardization runs in the dtype of the input (float64 from the estimator),
-    # the blocks in their own dtype (float32 for speed, or float64), so that data far from the
-    # origin keep their precision through the standardization.
-    @property
-    def block_dtype(self):
-        return self.blocks[0].sqrt_time_length.dtype
-
-    def evaluation_chunk_rows(self):
-        """Rows per evaluation call (the evaluation solver's ``max_rows``).
-
-        The exact trace carries ``n_features`` tangents of a hidden layer per row (twice: forward
-        from the input and back from the output). On a CPU, batches whose tangent arrays stay
-        within about 2 MiB run fastest (``benchmarks/results/evaluation.md``: 20,000 rows, 10
-        features, width 64, float32, seconds by rows in flight: 256 rows 4.00, 409 rows 3.68,
-        820 rows 3.48, 1024 rows 3.40, 2048 rows 3.85). A GPU wants large batches.
-        """
-        width = max(layer.linear.out_features for layer in self.blocks[0].net.layers)
-        tangent_bytes = self.n_features * width * torch.finfo(self.block_dtype).bits // 8
-        if self.shift.device.type == "cpu":
-            return min(8192, max(64, 2 ** 21 // tangent_bytes))
-        return max(256, 2 ** 26 // tangent_bytes)
-
-    @torch.no_grad()
-    def log_prob(self, x, atol, rtol, max_num_steps=1000, nfe=None):
-        """Exact log density of ``x`` in data units, in the dtype of ``x``.
-
-        ``nfe``, if given (a tensor of ``len(x)`` counts), receives each row's number of
-        dynamics evaluations over all blocks.
-        """
-        z = self.standardize(x).to(self.block_dtype)
-        log_det = torch.zeros(x.shape[0], dtype=z.dtype, device=x.device)
-        for block in self.blocks:
-            frozen = block.frozen()
-
-            def func(s, y, frozen=frozen):
-                velocity, div = frozen.velocity_and_divergence(s, y[:, :-1])
-                return torch.cat([velocity, div[:, None]], dim=1)
-
-            y0 = torch.cat([z, torch.zeros_like(log_det)[:, None]], dim=1)
-            y1 = solve_per_row(func, y0, atol, rtol, max_num_steps=max_num_steps, nfe=nfe,
-                               max_rows=self.evaluation_chunk_rows())
-            z, log_det = y1[:, :-1], log_det + y1[:, -1]
-        return (standard_normal_log_prob(z.to(x.dtype)) + log_det.to(x.dtype)
-                + self.log_abs_det_standardization().to(x.dtype))
-
-    def _map(self, z, atol, rtol, max_num_steps, reverse):
-        dtype = z.dtype
-        z = z.to(self.block_dtype)
-        blocks = reversed(self.blocks) if reverse else self.blocks
-        for block in blocks:
-            z = solve_per_row(block.frozen().velocity, z, atol, rtol, reverse=reverse,
-                              max_num_steps=max_num_steps, max_rows=self.evaluation_chunk_rows())
-        return z.to(dtype)
-
-    @torch.no_grad()
-    def to_latent(self, x, atol, rtol, max_num_steps=1000):
-        """Data -> latent: standardize, then integrate every block forward."""
-        return self._map(self.standardize(x), atol, rtol, max_num_steps, reverse=False)
-
-    @torch.no_grad()
-    def from_latent(self, z, atol, rtol, max_num_steps=1000):
-        """Latent -> data: integrate every block backward, then undo the standardization."""
-        return self.unstandardize(self._map(z, atol, rtol, max_num_steps, reverse=True))

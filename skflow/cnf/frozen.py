@@ -8,9 +8,13 @@ one row, which measures this fixed cost, takes 91 us in float32 against 444 us f
 trace (``benchmarks/results/evaluation.md``).
 """
 
+import threading
+
 import torch
 
 from .layers import value_and_scaled_derivative
+
+__all__ = ["FrozenBlock"]
 
 
 class FrozenBlock:
@@ -70,10 +74,12 @@ class FrozenBlock:
     def _buffer(self, name, n, columns, like):
         """A reused ``(n, columns)`` array. Allocating the large per-call arrays afresh at every
         evaluation costs more than filling them: with glibc, blocks of this size may be returned
-        to the system when freed and faulted back in at the next call."""
-        buffer = self._workspace.get(name)
+        to the system when freed and faulted back in at the next call. One set per thread, so
+        that threads may evaluate with the same frozen block at once."""
+        workspace = self._workspace.setdefault(threading.get_ident(), {})
+        buffer = workspace.get(name)
         if buffer is None or buffer.shape[0] < n:
-            buffer = self._workspace[name] = like.new_empty((n, columns))
+            buffer = workspace[name] = like.new_empty((n, columns))
         return buffer[:n]
 
     def _time_terms(self, s):

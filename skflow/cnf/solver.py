@@ -9,17 +9,21 @@ but a density model must give a row the same log density whatever else is in the
 evaluation solver below keeps a time, a step size and an error test per row.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torchdiffeq
 
+from ..exceptions import SolverError
+
+__all__ = ["SolverConfig", "integrate", "solve_per_row", "FIXED_GRID_METHODS",
+           "ADAPTIVE_METHODS"]
+
 FIXED_GRID_METHODS = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
-
-
-class SolverError(RuntimeError):
-    """Raised when an ODE solve cannot finish (too many steps, step size underflow, non-finite state)."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,101 @@ def _initial_step(func, t, y, f0, atol, rtol, direction):
     return torch.minimum(100 * h0, h1).clamp(max=1.0)
 
 
-def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000, nfe=None,
-                  max_rows=None):
+def _tableau(like: torch.Tensor) -> torch.Tensor:
+    """Stage combinations as one matrix: row ``i < 7`` builds stage ``i`` (the last stage is
+    evaluated at the 5th-order solution, first-same-as-last); row 7 is the error estimate."""
+    tableau = torch.zeros(len(_C) + 1, len(_C), dtype=like.dtype, device=like.device)
+    for i, a in enumerate(_A[1:], start=1):
+        tableau[i, :len(a)] = torch.tensor(a, dtype=like.dtype)
+    tableau[-1] = torch.tensor(_B_ERR, dtype=like.dtype)
+    return tableau
+
+
+class _Rows:
+    """The rows in flight: their indices, times, states, derivatives, step sizes, step counts."""
+
+    def __init__(self, y0, t0, f0, h0):
+        self.t0, self.y0, self.f0, self.h0 = t0, y0, f0, h0
+        self.index = torch.arange(0, device=y0.device)
+        self.t, self.y, self.f, self.h = t0[:0], y0[:0], f0[:0], h0[:0]
+        self.steps = torch.zeros(0, dtype=torch.long, device=y0.device)
+        self.admitted = 0
+
+    def admit(self, capacity):
+        """Let waiting rows take the free places, up to ``capacity`` rows in flight."""
+        take = min(capacity - self.index.numel(), self.y0.shape[0] - self.admitted)
+        if take <= 0:
+            return
+        part = slice(self.admitted, self.admitted + take)
+        self.admitted += take
+        new = torch.arange(part.start, part.stop, device=self.y0.device)
+        self.index, self.t = torch.cat([self.index, new]), torch.cat([self.t, self.t0[part]])
+        self.y, self.f = torch.cat([self.y, self.y0[part]]), torch.cat([self.f, self.f0[part]])
+        self.h = torch.cat([self.h, self.h0[part]])
+        self.steps = torch.cat([self.steps, torch.zeros_like(new)])
+
+    def keep(self, mask):
+        self.index, self.t, self.y, self.f, self.h, self.steps = (
+            self.index[mask], self.t[mask], self.y[mask], self.f[mask], self.h[mask],
+            self.steps[mask])
+
+
+def _starting_points(func, y0, atol, rtol, direction, batch):
+    """Every row's first derivative and starting step, computed in calls of ``batch`` rows, so
+    that rows can later join the batch one by one."""
+    n = y0.shape[0]
+    t0 = torch.full((n, 1), 0.0 if direction > 0 else 1.0, dtype=y0.dtype, device=y0.device)
+    f0, h0 = torch.empty_like(y0), y0.new_empty(n)
+    for start in range(0, n, batch):
+        part = slice(start, start + batch)
+        f0[part] = func(t0[part], y0[part])
+        h0[part] = _initial_step(func, t0[part], y0[part], f0[part], atol, rtol, direction)
+    return t0, f0, h0
+
+
+def _dopri_step(func, rows, tableau, atol, rtol, direction, t_end):
+    """One Dormand-Prince step of every row in flight, each with its own step size; accepted
+    steps advance, and every row's step size is adapted to its own error."""
+    t, y, f = rows.t, rows.y, rows.f
+    h = torch.minimum(rows.h, (t_end - t[:, 0]) * direction)
+    hh = (direction * h)[:, None]
+    stages = torch.empty((len(_C),) + tuple(y.shape), dtype=y.dtype, device=y.device)
+    stages[0] = f
+    flat = stages.view(len(_C), -1)
+    for i in range(1, len(_C)):
+        y_stage = torch.addcmul(y, hh, (tableau[i, :i] @ flat[:i]).view_as(y))
+        stages[i] = func(t + _C[i] * hh, y_stage)
+    y_new = y_stage  # _A[-1] == _B
+    if not torch.isfinite(y_new).all():
+        raise SolverError("the state became non-finite during the solve")
+    error = hh * (tableau[-1] @ flat).view_as(y)
+    scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
+    error_ratio = _rms(error / scale)
+    accept = error_ratio <= 1.0
+    rows.t = torch.where(accept[:, None], t + hh, t)
+    rows.y = torch.where(accept[:, None], y_new, y)
+    rows.f = torch.where(accept[:, None], stages[-1], f)  # first-same-as-last
+    factor = (0.9 * error_ratio.clamp(min=1e-10).pow(-0.2)).clamp(0.2, 10.0)
+    rows.h = h * torch.where(accept, factor, factor.clamp(max=1.0))
+    rows.steps += 1
+    return accept & ((t_end - rows.t[:, 0]) * direction <= 1e-12 * max(1.0, abs(t_end)))
+
+
+def _check_progress(rows, max_num_steps):
+    if (rows.steps >= max_num_steps).any():
+        raise SolverError(
+            f"the evaluation solver did not finish within {max_num_steps} steps; the "
+            "dynamics may be stiff, or the tolerances too tight: raise the estimator's "
+            "max_num_steps, loosen eval_atol / eval_rtol, or (below about 1e-7) evaluate "
+            "with eval_dtype='float64'")
+    if (rows.h < 1e-12).any():
+        raise SolverError("step size underflow in the evaluation solver: stiff dynamics, or "
+                          "tolerances below the evaluation precision (eval_dtype)")
+
+
+def solve_per_row(func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor,
+                  atol: float, rtol: float, reverse: bool = False, max_num_steps: int = 1000,
+                  nfe: torch.Tensor | None = None, max_rows: int | None = None) -> torch.Tensor:
     """Integrate ``dy/ds = func(s, y)`` row by row over ``s`` in [0, 1] (or [1, 0]).
 
     ``func`` takes ``s`` as a column ``(n, 1)`` and ``y`` as ``(n, m)`` and must treat rows
@@ -113,83 +210,35 @@ def solve_per_row(func, y0, atol, rtol, reverse=False, max_num_steps=1000, nfe=N
     components), so its result does not depend on the other rows. At most ``max_rows`` rows
     (default: all) are integrated together: finished rows leave the batch and waiting rows take
     their places, so that the calls of ``func`` stay near that size instead of trailing off with
-    the slowest rows. Raises :class:`SolverError` when a row needs more than ``max_num_steps``
-    steps. If ``nfe`` (a tensor of ``n`` counts) is given, each row's evaluations of ``func`` are
-    added.
+    the slowest rows. Raises :class:`~skflow.exceptions.SolverError` when a row needs more than
+    ``max_num_steps`` steps. If ``nfe`` (a tensor of ``n`` counts) is given, each row's
+    evaluations of ``func`` are added.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.cnf.solver import solve_per_row
+    >>> y0 = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    >>> y1 = solve_per_row(lambda s, y: -y, y0, atol=1e-9, rtol=1e-9)  # y(1) = y(0) / e
+    >>> [round(v, 6) for v in (y1[:, 0] * torch.e).tolist()]
+    [1.0, 2.0]
     """
-    n = y0.shape[0]
-    batch = n if max_rows is None else max(1, int(max_rows))
+    batch = y0.shape[0] if max_rows is None else max(1, int(max_rows))
     direction = -1.0 if reverse else 1.0
     t_end = 0.0 if reverse else 1.0
     result = torch.empty_like(y0)
-    # Stage combinations as one matrix product each: (stages) x (stages, rows * columns).
-    # Row i < 7 builds stage i; the last stage is evaluated at the 5th-order solution (FSAL);
-    # row 7 is the error estimate.
-    tableau = torch.zeros(len(_C) + 1, len(_C), dtype=y0.dtype, device=y0.device)
-    for i, a in enumerate(_A[1:], start=1):
-        tableau[i, :len(a)] = torch.tensor(a, dtype=y0.dtype)
-    tableau[-1] = torch.tensor(_B_ERR, dtype=y0.dtype)
-    # Every row's first derivative and starting step, computed in full-size calls, so that
-    # rows can join the batch one by one.
-    t0 = torch.full((n, 1), 1.0 - t_end, dtype=y0.dtype, device=y0.device)
-    f0, h0 = torch.empty_like(y0), y0.new_empty(n)
-    for start in range(0, n, batch):
-        part = slice(start, start + batch)
-        f0[part] = func(t0[part], y0[part])
-        h0[part] = _initial_step(func, t0[part], y0[part], f0[part], atol, rtol, direction)
+    tableau = _tableau(y0)
+    rows = _Rows(y0, *_starting_points(func, y0, atol, rtol, direction, batch))
     if nfe is not None:
         nfe += 2
-    active = torch.arange(0, device=y0.device)
-    t, y, f, h = t0[:0], y0[:0], f0[:0], h0[:0]
-    steps = torch.zeros(0, dtype=torch.long, device=y0.device)
-    admitted = 0
     while True:
-        take = min(batch - active.numel(), n - admitted)
-        if take > 0:
-            part = slice(admitted, admitted + take)
-            admitted += take
-            rows = torch.arange(part.start, part.stop, device=y0.device)
-            active, t = torch.cat([active, rows]), torch.cat([t, t0[part]])
-            y, f, h = torch.cat([y, y0[part]]), torch.cat([f, f0[part]]), torch.cat([h, h0[part]])
-            steps = torch.cat([steps, torch.zeros_like(rows)])
-        if active.numel() == 0:
+        rows.admit(batch)
+        if rows.index.numel() == 0:
             return result
-        remaining = (t_end - t[:, 0]) * direction
-        h = torch.minimum(h, remaining)
-        hh = (direction * h)[:, None]
-        stages = torch.empty((len(_C),) + tuple(y.shape), dtype=y.dtype, device=y.device)
-        stages[0] = f
-        flat = stages.view(len(_C), -1)
-        for i in range(1, len(_C)):
-            y_stage = torch.addcmul(y, hh, (tableau[i, :i] @ flat[:i]).view_as(y))
-            stages[i] = func(t + _C[i] * hh, y_stage)
+        done = _dopri_step(func, rows, tableau, atol, rtol, direction, t_end)
         if nfe is not None:
-            nfe[active] += len(_C) - 1
-        y_new = y_stage  # _A[-1] == _B
-        error = hh * (tableau[-1] @ flat).view_as(y)
-        scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
-        error_ratio = _rms(error / scale)
-        if not torch.isfinite(y_new).all():
-            raise SolverError("the state became non-finite during the solve")
-        accept = error_ratio <= 1.0
-        t = torch.where(accept[:, None], t + hh, t)
-        y = torch.where(accept[:, None], y_new, y)
-        f = torch.where(accept[:, None], stages[-1], f)  # first-same-as-last
-        factor = (0.9 * error_ratio.clamp(min=1e-10).pow(-0.2)).clamp(0.2, 10.0)
-        h = h * torch.where(accept, factor, factor.clamp(max=1.0))
-        steps += 1
-        done = accept & ((t_end - t[:, 0]) * direction <= 1e-12 * max(1.0, abs(t_end)))
+            nfe[rows.index] += len(_C) - 1
         if done.any():
-            result[active[done]] = y[done]
-            keep = ~done
-            active, t, y, f, h, steps = (active[keep], t[keep], y[keep], f[keep], h[keep],
-                                         steps[keep])
-        if (steps >= max_num_steps).any():
-            raise SolverError(
-                f"the evaluation solver did not finish within {max_num_steps} steps; the "
-                "dynamics may be stiff, or the tolerances too tight: raise the estimator's "
-                "max_num_steps, loosen eval_atol / eval_rtol, or (below about 1e-7) evaluate "
-                "with eval_dtype='float64'")
-        if (h < 1e-12).any():
-            raise SolverError("step size underflow in the evaluation solver: stiff dynamics, or "
-                              "tolerances below the evaluation precision (eval_dtype)")
+            result[rows.index[done]] = rows.y[done]
+            rows.keep(~done)
+        _check_progress(rows, max_num_steps)

@@ -1,7 +1,5 @@
-"""Scaling out: data-parallel training with ``torch.distributed``, and Dask helpers.
+"""Data-parallel training with ``torch.distributed`` (torchrun).
 
-Data-parallel training
-----------------------
 A script that calls ``FFJORDDensity(...).fit(X)`` trains data-parallel when it runs in
 several processes that form a ``torch.distributed`` process group, typically::
 
@@ -50,21 +48,19 @@ bucketing and overlap buy little), and lets the fault check come first. Ctrl-C i
 not coordinated (torchrun stops all ranks), nor is an error raised in one rank alone (out of
 memory, say): the others wait in their next collective until the process group's timeout.
 
-Dask
-----
-:func:`score_dask` scores a Dask array or DataFrame block by block, :func:`sample_dask` draws a
-Dask array of samples, and :func:`fit_stream` feeds chunks (a Dask collection or any iterable
-of arrays) to ``partial_fit`` one at a time. Dask is an optional dependency
-(``pip install skflow[distributed]``), imported only by these functions. Model selection on a
-cluster needs no helper: run ``GridSearchCV(...).fit`` inside
-``joblib.parallel_backend("dask")`` with a ``dask.distributed.Client``; see docs/scaling.md.
+Every helper here is a no-op (or returns its input) when the process is not part of a
+distributed group, so the training loop calls them unconditionally: single-process training
+runs the same code. See docs/scaling.md for the user's view.
 """
+
+from __future__ import annotations
 
 import atexit
 import hashlib
 import math
 import os
-from collections import namedtuple
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -72,22 +68,61 @@ import torch.distributed as dist
 
 __all__ = ["WorldInfo", "world_info", "setup", "shard_rows", "average_gradients",
            "any_across_ranks", "gather_values", "broadcast_object", "check_same_data",
-           "broadcast_training_state", "score_dask", "sample_dask", "fit_stream"]
+           "broadcast_training_state"]
 
-WorldInfo = namedtuple("WorldInfo", ["rank", "size", "local_rank"])
+_Rows = TypeVar("_Rows")
+_Obj = TypeVar("_Obj")
+
+
+class WorldInfo(NamedTuple):
+    """Where this process stands in the process group.
+
+    Parameters
+    ----------
+    rank : int
+        This process's rank, in ``[0, size)``.
+    size : int
+        The number of processes (ranks).
+    local_rank : int
+        The rank on this machine (torchrun's ``LOCAL_RANK``), which picks the GPU.
+
+    Examples
+    --------
+    >>> WorldInfo(rank=1, size=4, local_rank=1)
+    WorldInfo(rank=1, size=4, local_rank=1)
+    >>> WorldInfo(0, 1, 0) == (0, 1, 0)
+    True
+    """
+
+    rank: int
+    size: int
+    local_rank: int
+
 
 _SINGLE = WorldInfo(0, 1, 0)
 
 
-def _disabled():
+def _disabled() -> bool:
     return os.environ.get("SKFLOW_DISTRIBUTED", "1").strip().lower() in ("0", "false", "no", "off")
 
 
-def world_info():
+def world_info() -> WorldInfo:
     """``WorldInfo(rank, size, local_rank)`` of this process; ``(0, 1, 0)`` when not distributed.
 
     Distributed means: ``torch.distributed`` is initialized with more than one process and
     ``SKFLOW_DISTRIBUTED`` is not ``0``.
+
+    Returns
+    -------
+    world : WorldInfo
+        This process's rank, the number of ranks and the local rank.
+
+    Examples
+    --------
+    Outside a process group (a plain ``python`` run):
+
+    >>> world_info()
+    WorldInfo(rank=0, size=1, local_rank=0)
     """
     if _disabled() or not (dist.is_available() and dist.is_initialized()):
         return _SINGLE
@@ -98,19 +133,39 @@ def world_info():
     return WorldInfo(rank, size, int(os.environ.get("LOCAL_RANK", rank)))
 
 
-def _env_world_size():
+def _env_world_size() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return 1
 
 
-def setup(device):
+def setup(device: torch.device) -> tuple[WorldInfo, torch.device]:
     """Join the process group torchrun describes, if any; return ``(world_info(), device)``.
 
     Initializes ``torch.distributed`` from the environment when ``WORLD_SIZE`` > 1 and ``RANK``
     is set and no group exists yet (``gloo`` for a CPU ``device``, ``nccl`` for CUDA), and maps
     a bare ``cuda`` device to this rank's GPU.
+
+    Parameters
+    ----------
+    device : torch.device
+        The device the model trains on.
+
+    Returns
+    -------
+    world : WorldInfo
+        :func:`world_info` after joining.
+    device : torch.device
+        ``device``, or this rank's GPU for a bare ``cuda`` device in a group of several ranks.
+
+    Examples
+    --------
+    Without torchrun's variables nothing is initialized and the device is kept:
+
+    >>> import torch
+    >>> setup(torch.device("cpu"))
+    (WorldInfo(rank=0, size=1, local_rank=0), device(type='cpu'))
     """
     if (not _disabled() and dist.is_available() and not dist.is_initialized()
             and _env_world_size() > 1 and "RANK" in os.environ):
@@ -120,17 +175,17 @@ def setup(device):
             dist.init_process_group("nccl")
         else:
             dist.init_process_group("gloo")
-        atexit.register(_destroy)
+        atexit.register(_destroy)  # we made the group, so we tear it down
     world = world_info()
     if world.size > 1 and device.type == "cuda" and device.index is None:
         if "LOCAL_RANK" in os.environ:
             device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
-        else:
+        else:  # a group the script made itself: trust the device it selected
             device = torch.device("cuda", torch.cuda.current_device())
     return world, device
 
 
-def _destroy():
+def _destroy() -> None:
     try:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -138,7 +193,7 @@ def _destroy():
         pass
 
 
-def _collective_device(tensor_device=None):
+def _collective_device(tensor_device: torch.device | None = None) -> torch.device:
     """Where a tensor must live for the group's backend."""
     backend = str(dist.get_backend())
     if backend == "nccl":
@@ -148,31 +203,53 @@ def _collective_device(tensor_device=None):
     return tensor_device  # a multi-backend group (cpu:gloo,cuda:nccl) takes either
 
 
-def shard_rows(X, rank=None, world_size=None):
+def shard_rows(X: _Rows, rank: int | None = None, world_size: int | None = None) -> _Rows:
     """This rank's rows of ``X``: every ``world_size``-th row from ``rank`` on.
 
     The shards are disjoint, cover ``X`` and differ in size by at most one row. With the
     defaults, the rank and size come from :func:`world_info`.
+
+    Parameters
+    ----------
+    X : array-like supporting ``X[start::step]`` (ndarray, tensor, list)
+        The rows to shard.
+    rank : int, optional
+        The shard to take, in ``[0, world_size)``; this process's rank when either is None.
+    world_size : int, optional
+        The number of shards; the number of ranks when either is None.
+
+    Returns
+    -------
+    shard : same type as X
+        ``X[rank::world_size]`` (a view for arrays and tensors); all of ``X`` when not
+        distributed.
+
+    Raises
+    ------
+    ValueError
+        If ``rank`` is not in ``[0, world_size)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> shard_rows(np.arange(7), rank=1, world_size=3)
+    array([1, 4])
+    >>> shard_rows(np.arange(7))  # one process: every row
+    array([0, 1, 2, 3, 4, 5, 6])
     """
     if rank is None or world_size is None:
         world = world_info()
         rank, world_size = world.rank, world.size
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}.")
+    # A strided slice rather than blocks: the training rows are already shuffled, and the
+    # shards then differ in size by at most one row whatever the length.
     return X[rank::world_size]
 
 
-def average_gradients(parameters):
-    """Replace each parameter's ``.grad`` by its mean over the ranks (one all-reduce).
-
-    A rank without a gradient for a parameter counts as a zero gradient; a parameter with no
-    gradient on any rank keeps ``.grad = None`` (so Adam still skips it). A no-op when not
-    distributed.
-    """
-    world = world_info()
-    parameters = list(parameters)
-    if world.size == 1 or not parameters:
-        return
+def _flatten_gradients(parameters: list[torch.Tensor]) -> tuple[torch.Tensor, torch.device]:
+    """One buffer on the collective device: every ``.grad`` (zeros where missing), then a
+    0/1 flag per parameter saying whether it had a gradient."""
     reference = parameters[0]
     dtype = next((p.grad.dtype for p in parameters if p.grad is not None), reference.dtype)
     device = _collective_device(reference.device)
@@ -181,9 +258,10 @@ def average_gradients(parameters):
               for p in parameters]
     present = torch.tensor([float(p.grad is not None) for p in parameters], dtype=dtype,
                            device=reference.device)
-    buffer = torch.cat([piece.to(dtype) for piece in pieces] + [present]).to(device)
-    dist.all_reduce(buffer)
-    buffer /= world.size
+    return torch.cat([piece.to(dtype) for piece in pieces] + [present]).to(device), device
+
+
+def _unflatten_gradients(parameters: list[torch.Tensor], buffer: torch.Tensor) -> None:
     offset = 0
     present = (buffer[-len(parameters):] > 0).tolist()
     for i, p in enumerate(parameters):
@@ -191,13 +269,70 @@ def average_gradients(parameters):
         if present[i]:
             p.grad = buffer[offset:offset + n].reshape(p.shape).to(device=p.device,
                                                                     dtype=p.dtype, copy=True)
-        else:
+        else:  # no rank had a gradient: keep None so that Adam skips the parameter
             p.grad = None
         offset += n
 
 
-def any_across_ranks(flag):
-    """True on every rank when ``flag`` is true on any rank (``flag`` when not distributed)."""
+def average_gradients(parameters: Iterable[torch.Tensor]) -> None:
+    """Replace each parameter's ``.grad`` by its mean over the ranks (one all-reduce).
+
+    A rank without a gradient for a parameter counts as a zero gradient; a parameter with no
+    gradient on any rank keeps ``.grad = None`` (so Adam still skips it). A no-op when not
+    distributed.
+
+    Parameters
+    ----------
+    parameters : iterable of torch.Tensor
+        The parameters whose ``.grad`` to average, in the same order on every rank.
+
+    Returns
+    -------
+    None
+        The gradients are replaced in place.
+
+    Examples
+    --------
+    Outside a process group the gradients are left as they are:
+
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.zeros(3))
+    >>> p.grad = torch.tensor([0.0, 1.0, 2.0])
+    >>> average_gradients([p])
+    >>> p.grad
+    tensor([0., 1., 2.])
+    """
+    world = world_info()
+    parameters = list(parameters)
+    if world.size == 1 or not parameters:
+        return
+    buffer, _ = _flatten_gradients(parameters)
+    # One flattened all-reduce per step: these models are small, so bucketing buys nothing.
+    dist.all_reduce(buffer)
+    buffer /= world.size
+    _unflatten_gradients(parameters, buffer)
+
+
+def any_across_ranks(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (``flag`` when not distributed).
+
+    Parameters
+    ----------
+    flag : bool
+        This rank's flag (anything ``bool`` accepts).
+
+    Returns
+    -------
+    any : bool
+        Whether any rank's ``flag`` is true; the same on every rank.
+
+    Examples
+    --------
+    Outside a process group this is ``bool(flag)``:
+
+    >>> any_across_ranks(True), any_across_ranks(False)
+    (True, False)
+    """
     flag = bool(flag)
     if world_info().size == 1:
         return flag
@@ -206,11 +341,26 @@ def any_across_ranks(flag):
     return bool(value.item())
 
 
-def gather_values(values):
+def gather_values(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """All ranks' ``values`` (a list of floats), as an array of shape ``(world_size, len(values))``.
 
     Every rank receives the same array, so sums or maxima taken from it, in rank order, are the
     same on every rank to the last bit (a floating-point all-reduce gives no such promise).
+
+    Parameters
+    ----------
+    values : sequence of float
+        This rank's values; the same length on every rank.
+
+    Returns
+    -------
+    gathered : ndarray of shape (world_size, len(values)), dtype float64
+        Row ``r`` holds rank ``r``'s values; one row when not distributed.
+
+    Examples
+    --------
+    >>> gather_values([1.0, 2.0])
+    array([[1., 2.]])
     """
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     world = world_info()
@@ -223,24 +373,67 @@ def gather_values(values):
     return torch.stack(gathered).cpu().numpy()
 
 
-def broadcast_object(obj, src=0):
-    """Rank ``src``'s ``obj`` (any picklable object) on every rank."""
+def broadcast_object(obj: _Obj, src: int = 0) -> _Obj:
+    """Rank ``src``'s ``obj`` (any picklable object) on every rank.
+
+    Parameters
+    ----------
+    obj : picklable object
+        This rank's object (only rank ``src``'s is used).
+    src : int, default=0
+        The rank whose object every rank receives.
+
+    Returns
+    -------
+    obj : object
+        Rank ``src``'s object; ``obj`` itself when not distributed.
+
+    Examples
+    --------
+    >>> broadcast_object({"seed": 3})
+    {'seed': 3}
+    """
     if world_info().size == 1:
         return obj
     holder = [obj]
+    # NCCL moves the pickled bytes through a CUDA tensor; gloo picks the CPU itself.
     device = _collective_device() if str(dist.get_backend()) == "nccl" else None
     dist.broadcast_object_list(holder, src=src, device=device)
     return holder[0]
 
 
-def check_same_data(X):
-    """Raise ``ValueError`` on every rank unless all ranks hold the same array ``X``."""
+def check_same_data(X: np.ndarray) -> None:
+    """Raise ``ValueError`` on every rank unless all ranks hold the same array ``X``.
+
+    Parameters
+    ----------
+    X : ndarray
+        This rank's data; its shape, dtype and a digest of its bytes are compared with
+        rank 0's.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        On every rank, if any rank's ``X`` differs from rank 0's.
+
+    Examples
+    --------
+    Outside a process group there is nothing to compare with:
+
+    >>> import numpy as np
+    >>> check_same_data(np.zeros((3, 2)))
+    """
     if world_info().size == 1:
         return
     X = np.ascontiguousarray(X)
     local = (X.shape, str(X.dtype), hashlib.blake2b(X.view(np.uint8).reshape(-1),
                                                     digest_size=16).hexdigest())
     reference = broadcast_object(local)
+    # Decided by an all-reduce, so every rank raises (none is left waiting in a collective).
     if any_across_ranks(local != reference):
         raise ValueError(
             "data-parallel fit: the ranks were given different X. Every rank must call fit with "
@@ -248,22 +441,53 @@ def check_same_data(X):
             "models per rank, set SKFLOW_DISTRIBUTED=0.")
 
 
-def _broadcast_tensor_(tensor, src=0):
+def _broadcast_tensor_(tensor: torch.Tensor, src: int = 0) -> None:
     device = _collective_device(tensor.device)
     if tensor.device == device:
         dist.broadcast(tensor, src=src)
-    else:
+    else:  # e.g. a CUDA tensor through gloo: round trip through the CPU
         moved = tensor.detach().to(device)
         dist.broadcast(moved, src=src)
         with torch.no_grad():
             tensor.copy_(moved)
 
 
-def broadcast_training_state(module, optimizer=None, src=0):
+def _broadcast_optimizer_state(optimizer: torch.optim.Optimizer, src: int) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            # Sorted keys: every rank must issue the same collectives in the same order.
+            for key in sorted(optimizer.state.get(p, {})):
+                value = optimizer.state[p][key]
+                if isinstance(value, torch.Tensor):
+                    _broadcast_tensor_(value, src)
+
+
+def broadcast_training_state(module: torch.nn.Module,
+                             optimizer: torch.optim.Optimizer | None = None,
+                             src: int = 0) -> float:
     """Overwrite every rank's module state (and optimizer state) with rank ``src``'s, in place.
 
-    Returns the largest absolute difference this rank's module state had from rank ``src``'s
-    before the overwrite (0.0 when the ranks had stayed in lockstep, and when not distributed).
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model whose ``state_dict`` tensors are overwritten.
+    optimizer : torch.optim.Optimizer, optional
+        Its tensor state (Adam's moments, step counts) is overwritten too.
+    src : int, default=0
+        The rank whose state every rank receives.
+
+    Returns
+    -------
+    drift : float
+        The largest absolute difference this rank's module state had from rank ``src``'s
+        before the overwrite (0.0 when the ranks had stayed in lockstep, and when not
+        distributed; ``inf`` when a non-float tensor differed).
+
+    Examples
+    --------
+    >>> import torch
+    >>> broadcast_training_state(torch.nn.Linear(2, 1))
+    0.0
     """
     if world_info().size == 1:
         return 0.0
@@ -277,127 +501,5 @@ def broadcast_training_state(module, optimizer=None, src=0):
             elif not torch.equal(before, tensor):
                 drift = math.inf
         if optimizer is not None:
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    for key in sorted(optimizer.state.get(p, {})):
-                        value = optimizer.state[p][key]
-                        if isinstance(value, torch.Tensor):
-                            _broadcast_tensor_(value, src)
+            _broadcast_optimizer_state(optimizer, src)
     return drift
-
-
-# --------------------------------------------------------------------------- Dask helpers
-def _is_dask_array(X):
-    try:
-        import dask.array as da
-    except ImportError:
-        return False
-    return isinstance(X, da.Array)
-
-
-def _is_dask_dataframe(X):
-    if not type(X).__module__.startswith("dask"):
-        return False
-    return hasattr(X, "map_partitions") and hasattr(X, "partitions")
-
-
-def _score_block(block, estimator):
-    return estimator.score_samples(block)
-
-
-def _score_partition(part, estimator):
-    import pandas as pd
-    data = part if hasattr(estimator, "feature_names_in_") else part.to_numpy()
-    return pd.Series(estimator.score_samples(data), index=part.index, dtype="float64")
-
-
-def score_dask(estimator, X):
-    """Lazily score a Dask collection with a fitted estimator, one block at a time.
-
-    Parameters
-    ----------
-    estimator : fitted estimator with ``score_samples`` (e.g. FFJORDDensity)
-        Shipped to the workers with the task graph.
-    X : dask.array.Array of shape (n_samples, n_features) or dask.dataframe.DataFrame
-        The rows to score. An array split along its columns is first rechunked to whole rows.
-
-    Returns
-    -------
-    log_density : dask.array.Array of shape (n_samples,) or dask.dataframe.Series
-        ``estimator.score_samples`` of each row, computed block by block (``map_blocks``) or
-        partition by partition (``map_partitions``); call ``.compute()`` or write it out.
-    """
-    from sklearn.utils.validation import check_is_fitted
-    check_is_fitted(estimator)
-    if _is_dask_array(X):
-        if X.ndim != 2:
-            raise ValueError(f"X must be a 2-D Dask array, got {X.ndim} dimension(s).")
-        if X.numblocks[1] > 1:
-            X = X.rechunk({1: -1})
-        return X.map_blocks(_score_block, estimator, drop_axis=1, dtype=np.float64,
-                            meta=np.empty((0,), dtype=np.float64))
-    if _is_dask_dataframe(X):
-        return X.map_partitions(_score_partition, estimator, meta=("log_density", "float64"))
-    raise TypeError(f"score_dask expects a Dask array or DataFrame, got {type(X).__name__}; "
-                    "call estimator.score_samples for data in memory.")
-
-
-def _chunk_seeds(random_state, n_chunks):
-    if isinstance(random_state, np.random.RandomState):
-        random_state = int(random_state.randint(np.iinfo(np.int32).max))
-    children = np.random.SeedSequence(random_state).spawn(n_chunks)
-    return [int(child.generate_state(1)[0]) for child in children]
-
-
-def sample_dask(estimator, n_samples, chunk_size=10_000, random_state=None):
-    """Draw ``n_samples`` samples as a Dask array, ``chunk_size`` rows per independent task.
-
-    Each chunk is ``estimator.sample(rows, random_state=seed)`` with its own seed, spawned from
-    ``random_state`` by :class:`numpy.random.SeedSequence`, so the result is reproducible for an
-    integer ``random_state`` whatever the cluster, and no two chunks share a seed.
-    """
-    import dask
-    import dask.array as da
-    from sklearn.utils.validation import check_is_fitted
-    check_is_fitted(estimator)
-    if int(n_samples) < 1 or int(chunk_size) < 1:
-        raise ValueError("n_samples and chunk_size must be positive integers.")
-    n_samples, chunk_size = int(n_samples), int(chunk_size)
-    sizes = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
-    seeds = _chunk_seeds(random_state, len(sizes))
-    draw = dask.delayed(lambda est, n, seed: est.sample(n, random_state=seed), pure=True)
-    blocks = [da.from_delayed(draw(estimator, n, seed), shape=(n, estimator.n_features_in_),
-                              dtype=np.float64) for n, seed in zip(sizes, seeds)]
-    return da.concatenate(blocks, axis=0)
-
-
-def _iter_chunks(chunks):
-    if _is_dask_array(chunks):
-        if chunks.ndim != 2:
-            raise ValueError("a Dask array of chunks must be 2-D.")
-        for block in chunks.rechunk({1: -1}).to_delayed().ravel():
-            yield block.compute()
-    elif _is_dask_dataframe(chunks):
-        for i in range(chunks.npartitions):
-            yield chunks.get_partition(i).compute()
-    else:
-        yield from chunks
-
-
-def fit_stream(estimator, chunks, n_epochs=1):
-    """Train with ``partial_fit`` on one chunk at a time; return the estimator.
-
-    ``chunks`` is a Dask array (one block of rows at a time), a Dask DataFrame (one partition at
-    a time) or any iterable of arrays; only one chunk is in memory at once. With ``n_epochs`` >
-    1 the chunks are visited again, so they must be re-iterable (not a one-shot generator).
-    """
-    n_epochs = int(n_epochs)
-    if n_epochs < 1:
-        raise ValueError(f"n_epochs must be a positive integer, got {n_epochs}.")
-    if n_epochs > 1 and iter(chunks) is chunks:
-        raise ValueError("n_epochs > 1 needs re-iterable chunks (a list or a Dask collection), "
-                         "not a one-shot iterator.")
-    for _ in range(n_epochs):
-        for chunk in _iter_chunks(chunks):
-            estimator.partial_fit(chunk)
-    return estimator
