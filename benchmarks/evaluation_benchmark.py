@@ -6,7 +6,7 @@
    middle, no autograd), in float64 and float32, at 409 rows and at one row (the fixed cost of
    a call).
 2. The evaluation solver on 20,000 rows of a fitted model (10 features, tolerance 1e-6,
-   float32), by rows in flight (``ContinuousFlow.evaluation_chunk_rows``), the sizes
+   float32), by rows in flight (``Evaluator.chunk_rows``), the sizes
    alternated in one process.
 3. The same solve as chunks solved one after another, each trailing off as its rows finish,
    against one batch refilled as rows finish (what ``score_samples`` does), alternated in one
@@ -78,7 +78,9 @@ def fitted_flow():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est = FFJORDDensity(random_state=0, eval_atol=1e-6, eval_rtol=1e-6).fit(X)
-    return est._eval_flow(), torch.as_tensor(random_network_data(20000, 10, seed=1))
+    # The evaluator score_samples uses, on rows in flow space (the input map is not timed).
+    x = est.input_map_.forward(random_network_data(20000, 10, seed=1))[0]
+    return est._evaluator(), torch.as_tensor(x, dtype=torch.float32)
 
 
 def best_of(candidates, repeats=3):
@@ -93,27 +95,29 @@ def best_of(candidates, repeats=3):
     return {label: min(times) for label, times in seconds.items()}
 
 
-def rows_in_flight(flow, x):
+def rows_in_flight(evaluator, x):
+    default = evaluator.chunk_rows
+
     def solve(rows):
         def run():
-            flow.evaluation_chunk_rows = lambda: rows
-            flow.log_prob(x, 1e-6, 1e-6)
+            evaluator.chunk_rows = rows
+            evaluator.log_prob(x)
         return run
 
     sizes = (256, 409, 512, 820, 1024, 2048)
     best = best_of({rows: solve(rows) for rows in sizes})
-    del flow.evaluation_chunk_rows
+    evaluator.chunk_rows = default
     return [dict(rows=rows, tangent_mib=rows * x.shape[1] * max(HIDDEN) * 4 / 2 ** 20,
                  seconds=best[rows]) for rows in sizes]
 
 
-def refilled_batch(flow, x):
-    chunk = flow.evaluation_chunk_rows()
+def refilled_batch(evaluator, x):
+    chunk = evaluator.chunk_rows
     best = best_of({
         # each chunk a solve of its own, trailing off as its rows finish
-        "chunk by chunk": lambda: [flow.log_prob(x[i:i + chunk], 1e-6, 1e-6)
+        "chunk by chunk": lambda: [evaluator.log_prob(x[i:i + chunk])
                                    for i in range(0, x.shape[0], chunk)],
-        "refilled batch": lambda: flow.log_prob(x, 1e-6, 1e-6),
+        "refilled batch": lambda: evaluator.log_prob(x),
     })
     return [dict(solve=label, rows=x.shape[0], rows_per_call=chunk, seconds=best[label],
                  speedup=best["chunk by chunk"] / best[label]) for label in best]

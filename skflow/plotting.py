@@ -4,13 +4,31 @@ matplotlib is imported inside the functions, so ``import skflow.plotting`` works
 only a call to a plotting function asks for it.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 from sklearn.utils.validation import check_array, check_is_fitted
 
+if TYPE_CHECKING:  # matplotlib is optional: only type checkers import it here
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
+    from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike
+    from sklearn.base import BaseEstimator
+
+    from .density import FFJORDDensity
+
 __all__ = ["density_grid", "plot_density_2d", "plot_grid", "plot_history", "plot_samples"]
 
+#: A plotted region, ``((xmin, xmax), (ymin, ymax))``.
+Bounds = tuple[tuple[float, float], tuple[float, float]]
 
-def _pyplot():
+
+def _pyplot() -> ModuleType:
     try:
         import matplotlib.pyplot as plt
     except ImportError as error:
@@ -20,7 +38,7 @@ def _pyplot():
     return plt
 
 
-def _check_2d_estimator(estimator):
+def _check_2d_estimator(estimator: BaseEstimator) -> None:
     check_is_fitted(estimator)
     n_features = getattr(estimator, "n_features_in_", None)
     if n_features != 2:
@@ -28,7 +46,7 @@ def _check_2d_estimator(estimator):
                          f"{n_features}.")
 
 
-def _check_bounds(bounds):
+def _check_bounds(bounds: Bounds) -> Bounds:
     try:
         (x0, x1), (y0, y1) = bounds
         x0, x1, y0, y1 = (float(v) for v in (x0, x1, y0, y1))
@@ -39,13 +57,15 @@ def _check_bounds(bounds):
     return (x0, x1), (y0, y1)
 
 
-def _bounds_from(points, margin=0.1):
+def _bounds_from(points: np.ndarray, margin: float = 0.1) -> Bounds:
     low, high = points.min(axis=0), points.max(axis=0)
     pad = margin * np.maximum(high - low, 1e-12)
     return (low[0] - pad[0], high[0] + pad[0]), (low[1] - pad[1], high[1] + pad[1])
 
 
-def density_grid(estimator, X=None, bounds=None, resolution=100):
+def density_grid(estimator: BaseEstimator, X: ArrayLike | None = None,
+                 bounds: Bounds | None = None,
+                 resolution: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evaluate the log density of a 2-D model on a regular grid.
 
     Parameters
@@ -69,6 +89,17 @@ def density_grid(estimator, X=None, bounds=None, resolution=100):
         Grid coordinates along the second feature.
     log_density : ndarray of shape (resolution, resolution)
         ``log_density[i, j]`` is the log density at ``(xs[j], ys[i])`` (image layout).
+
+    Examples
+    --------
+    >>> from skflow import FFJORDDensity
+    >>> from skflow.datasets import make_toy
+    >>> from skflow.plotting import density_grid
+    >>> X = make_toy("moons", 300, random_state=0)
+    >>> est = FFJORDDensity(hidden_dims=(8,), max_iter=5, random_state=0).fit(X)
+    >>> xs, ys, log_density = density_grid(est, bounds=((-4, 4), (-2, 2)), resolution=4)
+    >>> xs.tolist(), ys.tolist(), log_density.shape
+    ([-3.0, -1.0, 1.0, 3.0], [-1.5, -0.5, 0.5, 1.5], (4, 4))
     """
     _check_2d_estimator(estimator)
     if int(resolution) != resolution or resolution < 2:
@@ -86,8 +117,12 @@ def density_grid(estimator, X=None, bounds=None, resolution=100):
     return xs, ys, log_density.reshape(resolution, resolution)
 
 
-def plot_density_2d(estimator, X=None, ax=None, bounds=None, resolution=100, log=False,
-                    cmap="viridis"):
+# plot_density_2d and plot_samples take their arguments alike: what to draw, then ``ax``;
+# ``bounds`` and the drawing options by keyword only.
+def plot_density_2d(estimator: BaseEstimator, X: ArrayLike | None = None,
+                    ax: Axes | None = None, *, bounds: Bounds | None = None,
+                    resolution: int = 100, log: bool = False,
+                    cmap: str | Colormap = "viridis") -> Axes:
     """Heat map of the density (or log density) of a 2-D model.
 
     Parameters
@@ -100,7 +135,7 @@ def plot_density_2d(estimator, X=None, ax=None, bounds=None, resolution=100, log
     ax : matplotlib Axes, default=None
         Where to draw; the current axes when None.
     bounds : ((xmin, xmax), (ymin, ymax)), default=None
-        The region shown; the model is evaluated at the pixel centres.
+        The region shown; the model is evaluated at the pixel centres. Keyword only.
     resolution : int, default=100
         Pixels along each axis; the model is evaluated ``resolution ** 2`` times.
     log : bool, default=False
@@ -114,9 +149,26 @@ def plot_density_2d(estimator, X=None, ax=None, bounds=None, resolution=100, log
         The axes, holding one image whose array is the plotted grid: ``exp(log_density)``
         (or ``log_density``) in the layout of :func:`density_grid`, drawn with
         ``origin='lower'`` over exactly the region ``bounds``.
+
+    Examples
+    --------
+    The density of a model fitted briefly to ``8gaussians``, on a coarse grid:
+
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")  # draw off screen
+    >>> import matplotlib.pyplot as plt
+    >>> from skflow import FFJORDDensity
+    >>> from skflow.datasets import make_toy
+    >>> from skflow.plotting import plot_density_2d
+    >>> X = make_toy("8gaussians", 300, random_state=0)
+    >>> est = FFJORDDensity(hidden_dims=(8,), max_iter=5, random_state=0).fit(X)
+    >>> fig, ax = plt.subplots()
+    >>> ax = plot_density_2d(est, X, ax, resolution=10)
+    >>> ax.get_images()[0].get_array().shape  # one image: the density on a 10 x 10 grid
+    (10, 10)
     """
     plt = _pyplot()
-    xs, ys, log_density = density_grid(estimator, X, bounds, resolution)
+    xs, ys, log_density = density_grid(estimator, X, bounds=bounds, resolution=resolution)
     ax = plt.gca() if ax is None else ax
     values = log_density if log else np.exp(log_density)
     # Half a cell beyond the outer centres: the edges of the region.
@@ -129,7 +181,9 @@ def plot_density_2d(estimator, X=None, ax=None, bounds=None, resolution=100, log
     return ax
 
 
-def plot_samples(X, ax=None, s=2, alpha=0.5, color="C0", bounds=None, **scatter_kws):
+def plot_samples(X: ArrayLike, ax: Axes | None = None, *, bounds: Bounds | None = None,
+                 s: float = 2, alpha: float = 0.5, color: Any = "C0",
+                 **scatter_kws: Any) -> Axes:
     """Scatter plot of 2-D points.
 
     Parameters
@@ -138,10 +192,10 @@ def plot_samples(X, ax=None, s=2, alpha=0.5, color="C0", bounds=None, **scatter_
         Points.
     ax : matplotlib Axes, default=None
         Where to draw; the current axes when None.
-    s, alpha, color
-        Marker size, opacity and colour, passed to ``Axes.scatter``.
     bounds : ((xmin, xmax), (ymin, ymax)), default=None
-        Axis limits; matplotlib's automatic limits when None.
+        Axis limits; matplotlib's automatic limits when None. Keyword only.
+    s, alpha, color
+        Marker size, opacity and colour, passed to ``Axes.scatter``. Keyword only.
     **scatter_kws
         Further arguments of ``Axes.scatter``.
 
@@ -149,6 +203,18 @@ def plot_samples(X, ax=None, s=2, alpha=0.5, color="C0", bounds=None, **scatter_
     -------
     ax : matplotlib Axes
         The axes, holding the scatter (a ``PathCollection`` whose offsets are ``X``).
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")  # draw off screen
+    >>> import matplotlib.pyplot as plt
+    >>> from skflow.datasets import make_toy
+    >>> from skflow.plotting import plot_samples
+    >>> fig, ax = plt.subplots()
+    >>> ax = plot_samples(make_toy("pinwheel", 300, random_state=0), ax, bounds=((-4, 4), (-4, 4)))
+    >>> ax.collections[0].get_offsets().shape, ax.get_xlim() == (-4, 4)
+    ((300, 2), True)
     """
     plt = _pyplot()
     X = check_array(X, dtype=np.float64)
@@ -163,8 +229,22 @@ def plot_samples(X, ax=None, s=2, alpha=0.5, color="C0", bounds=None, **scatter_
     return ax
 
 
-def plot_grid(estimator, X, n_samples=None, axes=None, bounds=None, resolution=100, log=False,
-              random_state=0, titles=("Data", "Density", "Samples")):
+def _three_axes(axes: Sequence[Axes] | None) -> tuple[Figure, list[Axes]]:
+    """The figure and three panels to draw into: ``axes``, or a new 1 x 3 figure."""
+    if axes is None:
+        fig, axes = _pyplot().subplots(1, 3, figsize=(9, 3))
+        return fig, list(axes)
+    axes = list(axes)
+    if len(axes) != 3:
+        raise ValueError(f"axes must hold 3 Axes, got {len(axes)}.")
+    return axes[0].figure, axes
+
+
+def plot_grid(estimator: BaseEstimator, X: ArrayLike, n_samples: int | None = None,
+              axes: Sequence[Axes] | None = None, bounds: Bounds | None = None,
+              resolution: int = 100, log: bool = False,
+              random_state: int | np.random.RandomState | None = 0,
+              titles: Sequence[str] | None = ("Data", "Density", "Samples")) -> Figure:
     """The FFJORD paper's row of panels: data | model density | model samples.
 
     Parameters
@@ -193,23 +273,32 @@ def plot_grid(estimator, X, n_samples=None, axes=None, bounds=None, resolution=1
     -------
     fig : matplotlib Figure
         The figure holding the three panels.
+
+    Examples
+    --------
+    The three panels for a model fitted briefly to ``circles``:
+
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")  # draw off screen
+    >>> from skflow import FFJORDDensity
+    >>> from skflow.datasets import make_toy
+    >>> from skflow.plotting import plot_grid
+    >>> X = make_toy("circles", 300, random_state=0)
+    >>> fig = plot_grid(FFJORDDensity(hidden_dims=(8,), max_iter=5, random_state=0).fit(X),
+    ...                 X, n_samples=100, resolution=10)
+    >>> [ax.get_title() for ax in fig.axes]
+    ['Data', 'Density', 'Samples']
     """
-    plt = _pyplot()
+    _pyplot()  # the missing-matplotlib error comes before any work
     _check_2d_estimator(estimator)
     X = check_array(X, dtype=np.float64)
     bounds = _check_bounds(bounds) if bounds is not None else _bounds_from(X)
-    if axes is None:
-        fig, axes = plt.subplots(1, 3, figsize=(9, 3))
-    else:
-        axes = list(axes)
-        if len(axes) != 3:
-            raise ValueError(f"axes must hold 3 Axes, got {len(axes)}.")
-        fig = axes[0].figure
+    fig, axes = _three_axes(axes)
     samples = estimator.sample(len(X) if n_samples is None else n_samples,
                                random_state=random_state)
-    plot_samples(X, ax=axes[0], bounds=bounds)
+    plot_samples(X, axes[0], bounds=bounds)
     plot_density_2d(estimator, ax=axes[1], bounds=bounds, resolution=resolution, log=log)
-    plot_samples(samples, ax=axes[2], bounds=bounds, color="C1")
+    plot_samples(samples, axes[2], bounds=bounds, color="C1")
     for ax, title in zip(axes, titles or (None,) * 3):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -218,7 +307,17 @@ def plot_grid(estimator, X, n_samples=None, axes=None, bounds=None, resolution=1
     return fig
 
 
-def plot_history(estimator, ax=None):
+def _plot_nfe(ax: Axes, iteration: np.ndarray, forward: np.ndarray,
+              backward: np.ndarray) -> Axes:
+    """Function evaluations per step on a second y axis of ``ax``."""
+    nfe = ax.twinx()
+    nfe.plot(iteration, forward, color="C2", linestyle="--", label="NFE forward")
+    nfe.plot(iteration, backward, color="C3", linestyle=":", label="NFE backward")
+    nfe.set_ylabel("function evaluations per step")
+    return nfe
+
+
+def plot_history(estimator: FFJORDDensity, ax: Axes | None = None) -> Axes:
     """Training curves of a fitted :class:`~skflow.FFJORDDensity`, from its ``history_``.
 
     Training and validation loss (negative log-likelihood in nats per row, standardized units;
@@ -239,6 +338,21 @@ def plot_history(estimator, ax=None):
     ax : matplotlib Axes
         The loss axes (a training line, then a ``'validation NLL'`` line); the NFE axes, when
         drawn, is ``ax.nfe_axes`` (lines ``'NFE forward'`` and ``'NFE backward'``), else None.
+
+    Examples
+    --------
+    A model trained by flow matching solves no ODE while training, so only the losses are
+    drawn:
+
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")  # draw off screen
+    >>> from skflow import FFJORDDensity
+    >>> from skflow.datasets import make_toy
+    >>> from skflow.plotting import plot_history
+    >>> est = FFJORDDensity(hidden_dims=(8,), max_iter=5, random_state=0)
+    >>> ax = plot_history(est.fit(make_toy("2spirals", 300, random_state=0)))
+    >>> [line.get_label() for line in ax.get_lines()], ax.nfe_axes
+    (['train flow-matching loss', 'validation NLL'], None)
     """
     plt = _pyplot()
     history = getattr(estimator, "history_", None)
@@ -260,12 +374,8 @@ def plot_history(estimator, ax=None):
     handles, labels = ax.get_legend_handles_labels()
     forward, backward = column("nfe_forward"), column("nfe_backward")
     if np.any(forward > 0) or np.any(backward > 0):
-        nfe = ax.twinx()
-        nfe.plot(iteration, forward, color="C2", linestyle="--", label="NFE forward")
-        nfe.plot(iteration, backward, color="C3", linestyle=":", label="NFE backward")
-        nfe.set_ylabel("function evaluations per step")
-        more_handles, more_labels = nfe.get_legend_handles_labels()
+        ax.nfe_axes = _plot_nfe(ax, iteration, forward, backward)
+        more_handles, more_labels = ax.nfe_axes.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-        ax.nfe_axes = nfe
     ax.legend(handles, labels, loc="upper right")
     return ax

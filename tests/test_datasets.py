@@ -328,6 +328,19 @@ def _check_bunch(bunch, n_features):
         assert np.all(np.isfinite(array))
 
 
+def _check_standardized_by_train_and_validation(bunch, n_features, n_total):
+    """Check a loaded bunch whose train and validation rows together have mean 0 and std 1.
+
+    Returns those rows, stacked.
+    """
+    _check_bunch(bunch, n_features)
+    _check_split_sizes(bunch, n_total)
+    fit = np.vstack([bunch.train, bunch.validation])
+    np.testing.assert_allclose(fit.mean(axis=0), 0, atol=1e-10)
+    np.testing.assert_allclose(fit.std(axis=0), 1, rtol=1e-10)
+    return fit
+
+
 def _raw_power(n, rng):
     raw = np.empty((n, 8))
     raw[:, 0] = rng.gamma(2.0, 0.5, n).round(3)  # global active power
@@ -345,12 +358,8 @@ def test_load_power(data_home):
     np.save(_maf_file(data_home, "power/data.npy"), raw)
 
     power = load_power(data_home, download_if_missing=False)
-    _check_bunch(power, 6)
-    _check_split_sizes(power, n)
     # Constant columns 1 and 3 were dropped: nothing is nan after scaling.
-    fit = np.vstack([power.train, power.validation])
-    np.testing.assert_allclose(fit.mean(axis=0), 0, atol=1e-10)
-    np.testing.assert_allclose(fit.std(axis=0), 1, rtol=1e-10)
+    fit = _check_standardized_by_train_and_validation(power, 6, n)
     everything = np.vstack([fit, power.test])
     # Rows were shuffled with RandomState(42); the time column carries no
     # noise, so its ranks give the permutation back.
@@ -486,11 +495,7 @@ def test_load_miniboone(data_home):
     np.save(_maf_file(data_home, "miniboone/data.npy"), raw)
 
     miniboone = load_miniboone(data_home, download_if_missing=False)
-    _check_bunch(miniboone, 7)
-    _check_split_sizes(miniboone, n)
-    fit = np.vstack([miniboone.train, miniboone.validation])
-    np.testing.assert_allclose(fit.mean(axis=0), 0, atol=1e-10)
-    np.testing.assert_allclose(fit.std(axis=0), 1, rtol=1e-10)
+    _check_standardized_by_train_and_validation(miniboone, 7, n)
     # Not shuffled: the test rows are the last rows of the file.
     n_test = miniboone.test.shape[0]
     mean, std = raw[:-n_test].mean(axis=0), raw[:-n_test].std(axis=0)

@@ -41,6 +41,13 @@ def _grid_points(resolution, bounds=BOUNDS):
     return xs, ys, np.c_[gx.ravel(), gy.ravel()]
 
 
+def _padded_bounds(points):
+    """The range of ``points`` plus 10% on each side."""
+    span = points.max(0) - points.min(0)
+    return ((points[:, 0].min() - 0.1 * span[0], points[:, 0].max() + 0.1 * span[0]),
+            (points[:, 1].min() - 0.1 * span[1], points[:, 1].max() + 0.1 * span[1]))
+
+
 @pytest.mark.parametrize("log", [False, True])
 def test_heat_map_holds_the_model_density_on_the_grid(moons, log):
     est, _ = moons
@@ -61,20 +68,14 @@ def test_heat_map_holds_the_model_density_on_the_grid(moons, log):
 def test_density_grid_layout_and_default_bounds_from_data(moons):
     est, X = moons
     xs, ys, log_p = density_grid(est, X=X, resolution=5)
-    span = X.max(0) - X.min(0)
-    bounds = ((X[:, 0].min() - 0.1 * span[0], X[:, 0].max() + 0.1 * span[0]),
-              (X[:, 1].min() - 0.1 * span[1], X[:, 1].max() + 0.1 * span[1]))
-    expected_xs, expected_ys, _ = _grid_points(5, bounds)
+    expected_xs, expected_ys, _ = _grid_points(5, _padded_bounds(X))
     np.testing.assert_allclose(xs, expected_xs)
     np.testing.assert_allclose(ys, expected_ys)
     assert log_p[1, 3] == pytest.approx(est.score_samples([[xs[3], ys[1]]])[0], abs=1e-5)  # float32
     # Without data, the model's own samples set the region.
     xs2, ys2, _ = density_grid(est, resolution=4)
     S = est.sample(1000, random_state=0)
-    span = S.max(0) - S.min(0)
-    bounds = ((S[:, 0].min() - 0.1 * span[0], S[:, 0].max() + 0.1 * span[0]),
-              (S[:, 1].min() - 0.1 * span[1], S[:, 1].max() + 0.1 * span[1]))
-    expected_xs, expected_ys, _ = _grid_points(4, bounds)
+    expected_xs, expected_ys, _ = _grid_points(4, _padded_bounds(S))
     np.testing.assert_allclose(xs2, expected_xs)
     np.testing.assert_allclose(ys2, expected_ys)
 

@@ -1,5 +1,7 @@
 """Data home, downloads, checksums and archive extraction."""
 
+from __future__ import annotations
+
 import hashlib
 import os
 import shutil
@@ -7,8 +9,9 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from collections import namedtuple
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import IO, NamedTuple
 
 __all__ = ["RemoteFile", "extract_tar", "fetch_file", "get_data_home"]
 
@@ -16,7 +19,7 @@ _CHUNK_SIZE = 1 << 20
 _TIMEOUT = 60  # seconds without progress before a download is given up
 
 
-def get_data_home(data_home=None):
+def get_data_home(data_home: str | os.PathLike | None = None) -> Path:
     """Return the path of the skflow data folder, creating it if needed.
 
     Data sets that are downloaded are stored here so that they are fetched
@@ -49,26 +52,36 @@ def get_data_home(data_home=None):
     return data_home
 
 
-RemoteFile = namedtuple("RemoteFile", ["filename", "url", "sha256"], defaults=[None])
-RemoteFile.__doc__ = """\
-Description of a file that can be downloaded.
+class RemoteFile(NamedTuple):
+    """Description of a file that can be downloaded.
 
-Parameters
-----------
-filename : str
-    Path of the local copy, relative to the data home, with ``/`` as
-    separator (e.g. ``"odds/thyroid.npz"``).
+    Parameters
+    ----------
+    filename : str
+        Path of the local copy, relative to the data home, with ``/`` as
+        separator (e.g. ``"odds/thyroid.npz"``).
 
-url : str
-    Where the file is downloaded from.
+    url : str
+        Where the file is downloaded from.
 
-sha256 : str or None, default=None
-    Expected SHA-256 hex digest of the file. None when it is not known:
-    the file is then accepted as it is, without integrity check.
-"""
+    sha256 : str or None, default=None
+        Expected SHA-256 hex digest of the file. None when it is not known:
+        the file is then accepted as it is, without integrity check.
+
+    Examples
+    --------
+    >>> from skflow.datasets import RemoteFile
+    >>> remote = RemoteFile("odds/thyroid.npz", "https://example.com/thyroid.npz")
+    >>> remote.filename, remote.sha256
+    ('odds/thyroid.npz', None)
+    """
+
+    filename: str
+    url: str
+    sha256: str | None = None
 
 
-def _sha256(path):
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK_SIZE), b""):
@@ -76,7 +89,7 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _local_path(remote, data_home):
+def _local_path(remote: RemoteFile, data_home: Path) -> Path:
     relative = PurePosixPath(remote.filename)
     # The file name comes from code, but a bad one must not write outside
     # the data home.
@@ -88,7 +101,7 @@ def _local_path(remote, data_home):
     return Path(data_home).joinpath(*relative.parts)
 
 
-def _missing_message(path, url):
+def _missing_message(path: Path, url: str) -> str:
     return (
         f"Data file {path.name!r} is missing: it was looked for at {path}. "
         f"It can be downloaded from {url} and placed there by hand "
@@ -96,7 +109,59 @@ def _missing_message(path, url):
     )
 
 
-def fetch_file(remote, data_home=None, download_if_missing=True):
+def _check_existing(path: Path, expected: str | None, url: str) -> None:
+    """Raise if a file already in the data home does not match its checksum."""
+    if expected is None:
+        return
+    got = _sha256(path)
+    if got != expected:
+        raise OSError(
+            f"The file {path} does not have the expected SHA-256 checksum "
+            f"(expected {expected}, got {got}). It may be corrupt or "
+            f"incomplete: delete it to download it again from {url}."
+        )
+
+
+def _temporary_sibling(path: Path) -> tuple[int, Path]:
+    # In the same folder as ``path``, so that the final os.replace is atomic.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    return fd, Path(tmp_name)
+
+
+def _download(url: str, path: Path, expected: str | None) -> None:
+    """Download ``url`` to ``path``, verified before it is moved into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_path = _temporary_sibling(path)
+    try:
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
+                url, timeout=_TIMEOUT
+            ) as response:
+                for chunk in iter(lambda: response.read(_CHUNK_SIZE), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (urllib.error.URLError, OSError) as exc:
+            raise OSError(
+                f"Could not download {url} ({exc}). " + _missing_message(path, url)
+            ) from exc
+        got = digest.hexdigest()
+        if expected is not None and got != expected:
+            raise OSError(
+                f"Checksum mismatch for {url}: expected SHA-256 "
+                f"{expected}, got {got}. The download was discarded."
+            )
+        os.replace(tmp_path, path)
+    finally:
+        # Never leave a partial or unverified download behind.
+        tmp_path.unlink(missing_ok=True)
+
+
+def fetch_file(
+    remote: RemoteFile,
+    data_home: str | os.PathLike | None = None,
+    download_if_missing: bool = True,
+) -> Path:
     """Return the local path of a remote file, downloading it if needed.
 
     A file already present in the data home is used as it is, after its
@@ -135,61 +200,70 @@ def fetch_file(remote, data_home=None, download_if_missing=True):
 
     Examples
     --------
+    A file already in the data home is verified and used, nothing is
+    downloaded:
+
+    >>> import hashlib
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> from skflow.datasets import RemoteFile, fetch_file
-    >>> remote = RemoteFile("odds/thyroid.npz", "https://example.com/thyroid.npz")
-    >>> path = fetch_file(remote)  # doctest: +SKIP
+    >>> data_home = Path(tempfile.mkdtemp())
+    >>> _ = (data_home / "notes.txt").write_bytes(b"hello")
+    >>> digest = hashlib.sha256(b"hello").hexdigest()
+    >>> remote = RemoteFile("notes.txt", "https://example.com/notes.txt", digest)
+    >>> fetch_file(remote, data_home, download_if_missing=False).read_bytes()
+    b'hello'
     """
     path = _local_path(remote, get_data_home(data_home))
     expected = remote.sha256.lower() if remote.sha256 else None
-
     if path.exists():
-        if expected is not None:
-            got = _sha256(path)
-            if got != expected:
-                raise OSError(
-                    f"The file {path} does not have the expected SHA-256 checksum "
-                    f"(expected {expected}, got {got}). It may be corrupt or "
-                    f"incomplete: delete it to download it again from {remote.url}."
-                )
+        _check_existing(path, expected, remote.url)
         return path
-
     if not download_if_missing:
         raise FileNotFoundError(_missing_message(path, remote.url))
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary file in the same folder, so that os.replace is atomic.
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".part"
-    )
-    tmp_path = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
-                remote.url, timeout=_TIMEOUT
-            ) as response:
-                for chunk in iter(lambda: response.read(_CHUNK_SIZE), b""):
-                    digest.update(chunk)
-                    out.write(chunk)
-        except (urllib.error.URLError, OSError) as exc:
-            raise OSError(
-                f"Could not download {remote.url} ({exc}). "
-                + _missing_message(path, remote.url)
-            ) from exc
-        got = digest.hexdigest()
-        if expected is not None and got != expected:
-            raise OSError(
-                f"Checksum mismatch for {remote.url}: expected SHA-256 "
-                f"{expected}, got {got}. The download was discarded."
-            )
-        os.replace(tmp_path, path)
-    finally:
-        # Never leave a partial or unverified download behind.
-        tmp_path.unlink(missing_ok=True)
+    _download(remote.url, path, expected)
     return path
 
 
-def extract_tar(archive_path, extract_dir, members=None, strip_prefix=None):
+def _refuse(member: tarfile.TarInfo, archive_path: str | os.PathLike, reason: str) -> OSError:
+    return OSError(f"Refusing to extract {member.name!r} from {archive_path}: {reason}")
+
+
+def _member_parts(
+    member: tarfile.TarInfo,
+    archive_path: str | os.PathLike,
+    prefix: tuple[str, ...],
+    extract_dir: Path,
+) -> tuple[str, ...]:
+    """The path parts of a member below ``extract_dir``, with ``prefix`` stripped."""
+    name = PurePosixPath(member.name)
+    # Check the raw name: a stripped name must not hide an escape.
+    if name.is_absolute() or ".." in name.parts:
+        raise _refuse(member, archive_path, f"it would be written outside {extract_dir}.")
+    parts = tuple(p for p in name.parts if p != ".")
+    if prefix and parts[: len(prefix)] == prefix:
+        parts = parts[len(prefix) :]
+    return parts
+
+
+def _copy_atomically(source: IO[bytes], target: Path) -> None:
+    """Write ``source`` to ``target`` through a temporary file, never half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_path = _temporary_sibling(target)
+    try:
+        with os.fdopen(fd, "wb") as out, source:
+            shutil.copyfileobj(source, out, _CHUNK_SIZE)
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def extract_tar(
+    archive_path: str | os.PathLike,
+    extract_dir: str | os.PathLike,
+    members: Iterable[str] | None = None,
+    strip_prefix: str | None = None,
+) -> list[Path]:
     """Safely extract (part of) a tar archive, e.g. a ``.tar.gz`` file.
 
     Only regular files and folders are extracted. Members that would land
@@ -206,7 +280,7 @@ def extract_tar(archive_path, extract_dir, members=None, strip_prefix=None):
     extract_dir : str or path-like
         The folder to extract into; created if needed.
 
-    members : sequence of str, default=None
+    members : iterable of str, default=None
         If given, only members whose (stripped) path equals one of these or
         lies below one of them are extracted, e.g. ``["power"]``.
 
@@ -225,59 +299,51 @@ def extract_tar(archive_path, extract_dir, members=None, strip_prefix=None):
     OSError
         If a member would be written outside ``extract_dir`` or is a link
         or special file.
+
+    Examples
+    --------
+    >>> import io
+    >>> import tarfile
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from skflow.datasets._base import extract_tar
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with tarfile.open(folder / "data.tar.gz", "w:gz") as tar:
+    ...     for name in ("data/power/data.npy", "data/gas/gas.pickle"):
+    ...         tar.addfile(tarfile.TarInfo(name), io.BytesIO())
+    >>> written = extract_tar(folder / "data.tar.gz", folder / "maf", ["power"], "data")
+    >>> [path.relative_to(folder).as_posix() for path in written]
+    ['maf/power/data.npy']
     """
     extract_dir = Path(extract_dir)
     extract_dir.mkdir(parents=True, exist_ok=True)
     root = extract_dir.resolve()
-    wanted = None
-    if members is not None:
-        wanted = [PurePosixPath(m).parts for m in members]
+    wanted = None if members is None else [PurePosixPath(m).parts for m in members]
     prefix = PurePosixPath(strip_prefix).parts if strip_prefix else ()
 
     extracted = []
     with tarfile.open(archive_path, "r:*") as tar:
         for member in tar:
-            name = PurePosixPath(member.name)
-            # Check the raw name: a stripped name must not hide an escape.
-            if name.is_absolute() or ".." in name.parts:
-                raise OSError(
-                    f"Refusing to extract {member.name!r} from {archive_path}: "
-                    f"it would be written outside {extract_dir}."
-                )
-            parts = tuple(p for p in name.parts if p != ".")
-            if prefix and parts[: len(prefix)] == prefix:
-                parts = parts[len(prefix) :]
+            parts = _member_parts(member, archive_path, prefix, extract_dir)
             if not parts:
                 continue
-            if wanted is not None and not any(
-                parts[: len(w)] == w for w in wanted
-            ):
+            if wanted is not None and not any(parts[: len(w)] == w for w in wanted):
                 continue
             target = extract_dir.joinpath(*parts)
             if not target.resolve().is_relative_to(root):
-                raise OSError(
-                    f"Refusing to extract {member.name!r} from {archive_path}: "
-                    f"it would be written outside {extract_dir}."
+                raise _refuse(
+                    member, archive_path, f"it would be written outside {extract_dir}."
                 )
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
             elif member.isfile():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(member)
-                fd, tmp_name = tempfile.mkstemp(
-                    dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-                )
-                try:
-                    with os.fdopen(fd, "wb") as out, source:
-                        shutil.copyfileobj(source, out, _CHUNK_SIZE)
-                    os.replace(tmp_name, target)
-                finally:
-                    Path(tmp_name).unlink(missing_ok=True)
+                _copy_atomically(tar.extractfile(member), target)
                 extracted.append(target)
             else:
-                raise OSError(
-                    f"Refusing to extract {member.name!r} from {archive_path}: "
-                    f"only regular files and folders are extracted, not links "
-                    f"or special files."
+                raise _refuse(
+                    member,
+                    archive_path,
+                    "only regular files and folders are extracted, not links or "
+                    "special files.",
                 )
     return extracted

@@ -1,5 +1,10 @@
 """Loaders for anomaly detection benchmarks of the ODDS library."""
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 import numpy as np
 from sklearn.utils import Bunch
 
@@ -35,7 +40,7 @@ _ODDS_INFO = {
 ODDS_DATASETS = tuple(_ODDS_INFO)
 
 
-def _remote(name):
+def _remote(name: str) -> RemoteFile:
     # The SHA-256 digests of the redistributed files are not known here, so
     # they are not checked (see ``fetch_file``); do not put guessed values in.
     return RemoteFile(
@@ -45,7 +50,30 @@ def _remote(name):
     )
 
 
-def load_odds(name, data_home=None, download_if_missing=True, return_X_y=False):
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check the ``X`` (float64) and ``y`` (int64) arrays of a file."""
+    # No pickles: the files only need plain numeric arrays.
+    with np.load(path, allow_pickle=False) as archive:
+        if "X" not in archive.files or "y" not in archive.files:
+            raise ValueError(
+                f"Expected arrays 'X' and 'y' in {path}, found {archive.files}."
+            )
+        X = np.asarray(archive["X"], dtype=np.float64)
+        y = np.asarray(archive["y"]).astype(np.int64)
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise ValueError(
+            f"Expected X of shape (n_samples, n_features) and y of shape "
+            f"(n_samples,) in {path}, got {X.shape} and {y.shape}."
+        )
+    return X, y
+
+
+def load_odds(
+    name: str,
+    data_home: str | os.PathLike | None = None,
+    download_if_missing: bool = True,
+    return_X_y: bool = False,
+) -> Bunch | tuple[np.ndarray, np.ndarray]:
     """Load an anomaly detection data set of the ODDS library.
 
     The data sets are the ODDS benchmark versions (Rayana, 2016) as
@@ -111,10 +139,23 @@ def load_odds(name, data_home=None, download_if_missing=True, return_X_y=False):
 
     Examples
     --------
+    Offline, from a file already in the data home (here a tiny stand-in
+    for ``thyroid``; without it, the file would be downloaded):
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
     >>> from skflow.datasets import load_odds
-    >>> X, y = load_odds("thyroid", return_X_y=True)  # doctest: +SKIP
-    >>> X.shape, int(y.sum())  # doctest: +SKIP
-    ((3772, 6), 93)
+    >>> data_home = Path(tempfile.mkdtemp())
+    >>> (data_home / "odds").mkdir()
+    >>> X_raw, y_raw = np.ones((5, 6)), np.array([0, 0, 0, 0, 1])
+    >>> np.savez(data_home / "odds" / "thyroid.npz", X=X_raw, y=y_raw)
+    >>> X, y = load_odds("thyroid", data_home, download_if_missing=False, return_X_y=True)
+    >>> X.shape, X.dtype, y.tolist()
+    ((5, 6), dtype('float64'), [0, 0, 0, 0, 1])
+
+    With the real file, ``load_odds("thyroid", return_X_y=True)`` gives
+    ``X`` of shape ``(3772, 6)`` and 93 anomalies.
     """
     if not isinstance(name, str) or name not in _ODDS_INFO:
         raise ValueError(
@@ -122,20 +163,7 @@ def load_odds(name, data_home=None, download_if_missing=True, return_X_y=False):
             f"{', '.join(repr(n) for n in ODDS_DATASETS)}."
         )
     path = fetch_file(_remote(name), data_home, download_if_missing=download_if_missing)
-    # No pickles: the files only need plain numeric arrays.
-    with np.load(path, allow_pickle=False) as archive:
-        if "X" not in archive.files or "y" not in archive.files:
-            raise ValueError(
-                f"Expected arrays 'X' and 'y' in {path}, found {archive.files}."
-            )
-        X = np.asarray(archive["X"], dtype=np.float64)
-        y = np.asarray(archive["y"]).astype(np.int64)
-    if X.ndim != 2 or y.shape != (X.shape[0],):
-        raise ValueError(
-            f"Expected X of shape (n_samples, n_features) and y of shape "
-            f"(n_samples,) in {path}, got {X.shape} and {y.shape}."
-        )
-
+    X, y = _read_arrays(path)
     if return_X_y:
         return X, y
     descr = _ODDS_INFO[name][1]

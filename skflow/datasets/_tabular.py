@@ -20,12 +20,23 @@ downloaded once to ``<data_home>/maf/data.tar.gz`` (it is large, over a
 gigabyte) and the files of the requested data set are extracted from it.
 """
 
+from __future__ import annotations
+
+import os
+import re
 from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from sklearn.utils import Bunch
 
 from ._base import RemoteFile, extract_tar, fetch_file, get_data_home
+
+if TYPE_CHECKING:  # pandas is optional: only the GAS and HEPMASS loaders need it
+    import pandas
 
 __all__ = [
     "load_bsds300",
@@ -49,8 +60,99 @@ _REFERENCE = (
     "https://zenodo.org/records/1161203"
 )
 
+_Loader = TypeVar("_Loader", bound=Callable)
 
-def _raw_paths(dataset, filenames, data_home, download_if_missing):
+
+def _splits_table(n_features: int, rows: tuple[int, int, int]) -> list[str]:
+    n_train, n_validation, n_test = rows
+    return [
+        "===============   ===============================",
+        f"Features          {n_features}",
+        f"Train             {n_train:,} rows",
+        f"Validation        {n_validation:,} rows",
+        f"Test              {n_test:,} rows",
+        "===============   ===============================",
+    ]
+
+
+def _parameters_section(raw_files: Sequence[str], raw_note: Sequence[str]) -> list[str]:
+    paths = [f"``<data_home>/maf/{name}``" for name in raw_files]
+    return [
+        "data_home : str or path-like, default=None",
+        "    The data folder, see :func:`get_data_home`. The raw "
+        + ("file is read from" if len(paths) == 1 else "files are read from"),
+        *(f"    {path} and" for path in paths[:-1]),
+        f"    {paths[-1]}.",
+        *(f"    {line}" for line in raw_note),
+        "",
+        "download_if_missing : bool, default=True",
+        "    If False, raise a ``FileNotFoundError`` when a raw file is missing",
+        "    instead of downloading the archive.",
+    ]
+
+
+def _returns_section(n_features: int) -> list[str]:
+    return [
+        "data : :class:`~sklearn.utils.Bunch`",
+        "    Dictionary-like object with the following attributes.",
+        "",
+        f"    train : ndarray of shape (n_train, {n_features})",
+        "        The training rows, float64.",
+        f"    validation : ndarray of shape (n_validation, {n_features})",
+        "        The validation rows, float64.",
+        f"    test : ndarray of shape (n_test, {n_features})",
+        "        The test rows, float64.",
+        "    n_features : int",
+        f"        The number of features, {n_features}.",
+        "    DESCR : str",
+        "        Description of the data set.",
+    ]
+
+
+def _loader_doc(
+    n_features: int,
+    rows: tuple[int, int, int],
+    raw_files: Sequence[str],
+    raw_note: Sequence[str] = (),
+) -> Callable[[_Loader], _Loader]:
+    """Fill in the sections the MAF loaders share: splits table, Parameters, Returns.
+
+    They differ only in numbers and raw files, so the text is written once,
+    here, and replaces ``{splits_parameters_returns}`` in the docstring.
+    ``rows`` are the train, validation and test sizes; ``raw_note`` holds
+    further lines on the raw files, appended to the entry of ``data_home``.
+    """
+    lines = [
+        *_splits_table(n_features, rows),
+        "",
+        "Parameters",
+        "----------",
+        *_parameters_section(raw_files, raw_note),
+        "",
+        "Returns",
+        "-------",
+        *_returns_section(n_features),
+    ]
+
+    def fill(loader: _Loader) -> _Loader:
+        if loader.__doc__ is None:  # ``python -OO`` strips docstrings
+            return loader
+        placeholder = "{splits_parameters_returns}"
+        # Take the placeholder's indent: Python 3.13 dedents docstrings.
+        indent = re.search(rf"^( *){re.escape(placeholder)}", loader.__doc__, re.M).group(1)
+        text = "\n".join((indent + line).rstrip() for line in lines)
+        loader.__doc__ = loader.__doc__.replace(placeholder, text[len(indent) :])
+        return loader
+
+    return fill
+
+
+def _raw_paths(
+    dataset: str,
+    filenames: Sequence[str],
+    data_home: str | os.PathLike | None,
+    download_if_missing: bool,
+) -> list[Path]:
     """Return the paths of the raw files of a data set, fetching if needed."""
     data_home = get_data_home(data_home)
     folder = data_home / "maf" / dataset
@@ -81,21 +183,31 @@ def _raw_paths(dataset, filenames, data_home, download_if_missing):
     return paths
 
 
-def _split_tail(data, fraction=0.1):
+def _split_tail(data: np.ndarray, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Split off the last ``int(fraction * n)`` rows, as MAF does."""
     n_tail = int(fraction * data.shape[0])
     cut = data.shape[0] - n_tail
     return data[:cut], data[cut:]
 
 
-def _three_way_split(data):
+def _three_way_split(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # Test is the last 10% of the rows, validation the last 10% of the rest.
     rest, test = _split_tail(data)
     train, validation = _split_tail(rest)
     return train, validation, test
 
 
-def _bunch(name, train, validation, test, descr):
+def _split_and_standardize(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three-way split, standardized with the train and validation rows together."""
+    train, validation, test = _three_way_split(data)
+    fit = np.vstack([train, validation])
+    mean, std = fit.mean(axis=0), fit.std(axis=0)
+    return tuple((a - mean) / std for a in (train, validation, test))
+
+
+def _bunch(
+    name: str, train: np.ndarray, validation: np.ndarray, test: np.ndarray, descr: str
+) -> Bunch:
     train, validation, test = (
         np.ascontiguousarray(a, dtype=np.float64) for a in (train, validation, test)
     )
@@ -113,7 +225,7 @@ def _bunch(name, train, validation, test, descr):
     )
 
 
-def _load_pandas():
+def _load_pandas() -> ModuleType:
     try:
         import pandas as pd
     except ImportError as exc:
@@ -124,7 +236,10 @@ def _load_pandas():
     return pd
 
 
-def load_power(data_home=None, download_if_missing=True):
+@_loader_doc(n_features=6, rows=(1_659_917, 184_435, 204_928), raw_files=["power/data.npy"])
+def load_power(
+    data_home: str | os.PathLike | None = None, download_if_missing: bool = True
+) -> Bunch:
     """Load the POWER data set with the MAF preprocessing (6 features).
 
     Individual household electric power consumption (UCI). The rows are
@@ -133,45 +248,23 @@ def load_power(data_home=None, download_if_missing=True):
     the discretized values, and the data are standardized with the mean and
     standard deviation of the train and validation rows together.
 
-    ===============   ===============================
-    Features          6
-    Train             1,659,917 rows
-    Validation        184,435 rows
-    Test              204,928 rows
-    ===============   ===============================
-
-    Parameters
-    ----------
-    data_home : str or path-like, default=None
-        The data folder, see :func:`get_data_home`. The raw file is read
-        from ``<data_home>/maf/power/data.npy``.
-
-    download_if_missing : bool, default=True
-        If False, raise a ``FileNotFoundError`` when the raw file is missing
-        instead of downloading the archive.
-
-    Returns
-    -------
-    data : :class:`~sklearn.utils.Bunch`
-        Dictionary-like object with the following attributes.
-
-        train : ndarray of shape (n_train, 6)
-            The training rows, float64.
-        validation : ndarray of shape (n_validation, 6)
-            The validation rows.
-        test : ndarray of shape (n_test, 6)
-            The test rows.
-        n_features : int
-            The number of features, 6.
-        DESCR : str
-            Description of the data set.
+    {splits_parameters_returns}
 
     Examples
     --------
+    A tiny stand-in for ``power/data.npy`` (8 random columns, like the raw
+    file) in a fresh data home, so that nothing is downloaded:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
     >>> from skflow.datasets import load_power
-    >>> power = load_power()  # doctest: +SKIP
-    >>> power.train.shape  # doctest: +SKIP
-    (1659917, 6)
+    >>> raw = Path(tempfile.mkdtemp(), "maf", "power", "data.npy")
+    >>> raw.parent.mkdir(parents=True)
+    >>> np.save(raw, np.random.RandomState(0).rand(100, 8))
+    >>> power = load_power(raw.parents[2], download_if_missing=False)
+    >>> power.train.shape, power.validation.shape, power.test.shape
+    ((81, 6), (9, 6), (10, 6))
     """
     (path,) = _raw_paths("power", ["data.npy"], data_home, download_if_missing)
     data = np.load(path, allow_pickle=False).astype(np.float64)
@@ -195,29 +288,34 @@ def load_power(data_home=None, download_if_missing=True):
     sm_noise = rng.rand(n, 3)
     time_noise = np.zeros((n, 1))
     data = data + np.hstack([gap_noise, voltage_noise, sm_noise, time_noise])
-
-    train, validation, test = _three_way_split(data)
-    fit = np.vstack([train, validation])
-    mean, std = fit.mean(axis=0), fit.std(axis=0)
-    train, validation, test = ((a - mean) / std for a in (train, validation, test))
     return _bunch(
         "POWER",
-        train,
-        validation,
-        test,
+        *_split_and_standardize(data),
         "Household electric power consumption (UCI), MAF preprocessing: rows "
         "shuffled with seed 42, columns 1 and 3 dropped, dequantization noise "
         "added, standardized with the train+validation mean and std.",
     )
 
 
-def _correlated_counts(frame):
+def _correlated_counts(frame: pandas.DataFrame) -> np.ndarray:
     # For each column, how many columns (itself included) it correlates
     # with above 0.98. The published code uses the signed correlation.
     return (frame.corr() > 0.98).to_numpy().sum(axis=1)
 
 
-def load_gas(data_home=None, download_if_missing=True):
+@_loader_doc(
+    n_features=8,
+    rows=(852_174, 94_685, 105_206),
+    raw_files=["gas/ethylene_CO.pickle"],
+    raw_note=[
+        "It is a pickled pandas DataFrame: reading it requires pandas, and",
+        "only read such a file from a source you trust, as unpickling can",
+        "run code.",
+    ],
+)
+def load_gas(
+    data_home: str | os.PathLike | None = None, download_if_missing: bool = True
+) -> Bunch:
     """Load the GAS data set with the MAF preprocessing (8 features).
 
     Gas sensor array under dynamic gas mixtures, ethylene and CO (UCI). The
@@ -226,38 +324,26 @@ def load_gas(data_home=None, download_if_missing=True):
     are standardized with the mean and standard deviation of all rows, and
     split in order (no shuffling).
 
-    ===============   ===============================
-    Features          8
-    Train             852,174 rows
-    Validation        94,685 rows
-    Test              105,206 rows
-    ===============   ===============================
-
-    Parameters
-    ----------
-    data_home : str or path-like, default=None
-        The data folder, see :func:`get_data_home`. The raw file is read
-        from ``<data_home>/maf/gas/ethylene_CO.pickle``, a pickled pandas
-        DataFrame (reading it requires pandas; only read such a file from
-        a source you trust, as unpickling can run code).
-
-    download_if_missing : bool, default=True
-        If False, raise a ``FileNotFoundError`` when the raw file is missing
-        instead of downloading the archive.
-
-    Returns
-    -------
-    data : :class:`~sklearn.utils.Bunch`
-        Dictionary-like object with the attributes ``train``,
-        ``validation``, ``test`` (float64 arrays with 8 columns),
-        ``n_features`` and ``DESCR``.
+    {splits_parameters_returns}
 
     Examples
     --------
+    A tiny stand-in for the raw pickle, with three random sensors, in a
+    fresh data home, so that nothing is downloaded:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> import pandas as pd
     >>> from skflow.datasets import load_gas
-    >>> gas = load_gas()  # doctest: +SKIP
-    >>> gas.n_features  # doctest: +SKIP
-    8
+    >>> data_home = Path(tempfile.mkdtemp())
+    >>> (data_home / "maf" / "gas").mkdir(parents=True)
+    >>> columns = ["Time", "Meth", "Eth", "sensor 1", "sensor 2", "sensor 3"]
+    >>> raw = pd.DataFrame(np.random.RandomState(0).rand(50, 6), columns=columns)
+    >>> raw.to_pickle(data_home / "maf" / "gas" / "ethylene_CO.pickle")
+    >>> gas = load_gas(data_home, download_if_missing=False)
+    >>> gas.n_features, len(gas.train), len(gas.validation), len(gas.test)
+    (3, 41, 4, 5)
     """
     (path,) = _raw_paths("gas", ["ethylene_CO.pickle"], data_home, download_if_missing)
     pd = _load_pandas()
@@ -275,12 +361,9 @@ def load_gas(data_home=None, download_if_missing=True):
         counts = _correlated_counts(frame)
     # pandas' std, i.e. with ddof=1, as published.
     frame = (frame - frame.mean()) / frame.std()
-    train, validation, test = _three_way_split(frame.to_numpy(dtype=np.float64))
     return _bunch(
         "GAS",
-        train,
-        validation,
-        test,
+        *_three_way_split(frame.to_numpy(dtype=np.float64)),
         "Gas sensor array under dynamic gas mixtures, ethylene and CO (UCI), "
         "MAF preprocessing: concentration and time columns dropped, sensors "
         "correlated above 0.98 removed, standardized over all rows, split in "
@@ -288,7 +371,30 @@ def load_gas(data_home=None, download_if_missing=True):
     )
 
 
-def load_hepmass(data_home=None, download_if_missing=True):
+def _hepmass_signal(frame: pandas.DataFrame) -> np.ndarray:
+    """The features of the signal rows (label 1, the first column)."""
+    return frame[frame.iloc[:, 0] == 1].iloc[:, 1:].to_numpy(dtype=np.float64)
+
+
+def _columns_with_few_repeats(data: np.ndarray, max_repeats: int = 5) -> list[int]:
+    # The published rule counts the occurrences of each column's smallest
+    # value only; kept as is so that the features match the literature.
+    keep = []
+    for j, column in enumerate(data.T):
+        counts = Counter(column)
+        if counts[min(counts)] <= max_repeats:
+            keep.append(j)
+    return keep
+
+
+@_loader_doc(
+    n_features=21,
+    rows=(315_123, 35_013, 174_987),
+    raw_files=["hepmass/1000_train.csv", "hepmass/1000_test.csv"],
+)
+def load_hepmass(
+    data_home: str | os.PathLike | None = None, download_if_missing: bool = True
+) -> Bunch:
     """Load the HEPMASS data set with the MAF preprocessing (21 features).
 
     Particle collision data (UCI), mass 1000 subset. Only the signal rows
@@ -297,30 +403,7 @@ def load_hepmass(data_home=None, download_if_missing=True):
     repeated values are dropped. The validation rows are the last 10% of
     the training file.
 
-    ===============   ===============================
-    Features          21
-    Train             315,123 rows
-    Validation        35,013 rows
-    Test              174,987 rows
-    ===============   ===============================
-
-    Parameters
-    ----------
-    data_home : str or path-like, default=None
-        The data folder, see :func:`get_data_home`. The raw files are read
-        from ``<data_home>/maf/hepmass/1000_train.csv`` and
-        ``1000_test.csv``.
-
-    download_if_missing : bool, default=True
-        If False, raise a ``FileNotFoundError`` when a raw file is missing
-        instead of downloading the archive.
-
-    Returns
-    -------
-    data : :class:`~sklearn.utils.Bunch`
-        Dictionary-like object with the attributes ``train``,
-        ``validation``, ``test`` (float64 arrays with 21 columns),
-        ``n_features`` and ``DESCR``.
+    {splits_parameters_returns}
 
     Notes
     -----
@@ -331,24 +414,31 @@ def load_hepmass(data_home=None, download_if_missing=True):
 
     Examples
     --------
+    Tiny stand-ins for the two raw CSV files (label first, all rows signal)
+    in a fresh data home, so that nothing is downloaded:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> import pandas as pd
     >>> from skflow.datasets import load_hepmass
-    >>> hepmass = load_hepmass()  # doctest: +SKIP
-    >>> hepmass.n_features  # doctest: +SKIP
-    21
+    >>> folder = Path(tempfile.mkdtemp(), "maf", "hepmass")
+    >>> folder.mkdir(parents=True)
+    >>> rows = np.c_[np.ones(40), np.random.RandomState(0).randn(40, 3)]
+    >>> pd.DataFrame(rows).to_csv(folder / "1000_train.csv", index=False)
+    >>> # The published test file has one column more; the loader drops it.
+    >>> pd.DataFrame(np.c_[rows, rows[:, 1]]).to_csv(folder / "1000_test.csv", index=False)
+    >>> hepmass = load_hepmass(folder.parents[1], download_if_missing=False)
+    >>> hepmass.train.shape, hepmass.validation.shape, hepmass.test.shape
+    ((36, 3), (4, 3), (40, 3))
     """
     train_path, test_path = _raw_paths(
         "hepmass", ["1000_train.csv", "1000_test.csv"], data_home, download_if_missing
     )
     pd = _load_pandas()
-    train = pd.read_csv(train_path, index_col=False)
-    test = pd.read_csv(test_path, index_col=False)
-    # Keep signal rows only, then drop the label column.
-    train = train[train.iloc[:, 0] == 1].iloc[:, 1:]
-    test = test[test.iloc[:, 0] == 1].iloc[:, 1:]
+    train = _hepmass_signal(pd.read_csv(train_path, index_col=False))
     # The published test file has one column more than the training file.
-    test = test.iloc[:, :-1]
-    train = train.to_numpy(dtype=np.float64)
-    test = test.to_numpy(dtype=np.float64)
+    test = _hepmass_signal(pd.read_csv(test_path, index_col=False))[:, :-1]
     if train.shape[1] != test.shape[1]:
         raise ValueError(
             f"After dropping the label (and the extra last test column), the "
@@ -358,12 +448,7 @@ def load_hepmass(data_home=None, download_if_missing=True):
     # pandas' std, i.e. with ddof=1, as published.
     mean, std = train.mean(axis=0), train.std(axis=0, ddof=1)
     train, test = (train - mean) / std, (test - mean) / std
-
-    keep = []
-    for j, column in enumerate(train.T):
-        counts = Counter(column)
-        if counts[min(counts)] <= 5:
-            keep.append(j)
+    keep = _columns_with_few_repeats(train)
     train, test = train[:, keep], test[:, keep]
     train, validation = _split_tail(train)
     return _bunch(
@@ -378,7 +463,10 @@ def load_hepmass(data_home=None, download_if_missing=True):
     )
 
 
-def load_miniboone(data_home=None, download_if_missing=True):
+@_loader_doc(n_features=43, rows=(29_556, 3_284, 3_648), raw_files=["miniboone/data.npy"])
+def load_miniboone(
+    data_home: str | os.PathLike | None = None, download_if_missing: bool = True
+) -> Bunch:
     """Load the MINIBOONE data set with the MAF preprocessing (43 features).
 
     MiniBooNE particle identification (UCI), signal events with outliers
@@ -386,36 +474,24 @@ def load_miniboone(data_home=None, download_if_missing=True):
     last 10% of the rest, and all are standardized with the mean and
     standard deviation of the train and validation rows together.
 
-    ===============   ===============================
-    Features          43
-    Train             29,556 rows
-    Validation        3,284 rows
-    Test              3,648 rows
-    ===============   ===============================
-
-    Parameters
-    ----------
-    data_home : str or path-like, default=None
-        The data folder, see :func:`get_data_home`. The raw file is read
-        from ``<data_home>/maf/miniboone/data.npy``.
-
-    download_if_missing : bool, default=True
-        If False, raise a ``FileNotFoundError`` when the raw file is missing
-        instead of downloading the archive.
-
-    Returns
-    -------
-    data : :class:`~sklearn.utils.Bunch`
-        Dictionary-like object with the attributes ``train``,
-        ``validation``, ``test`` (float64 arrays with 43 columns),
-        ``n_features`` and ``DESCR``.
+    {splits_parameters_returns}
 
     Examples
     --------
+    With a small random array in place of ``miniboone/data.npy``, the
+    example runs offline; the real file gives 43 features as well:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
     >>> from skflow.datasets import load_miniboone
-    >>> miniboone = load_miniboone()  # doctest: +SKIP
-    >>> miniboone.test.shape  # doctest: +SKIP
-    (3648, 43)
+    >>> data_home = Path(tempfile.mkdtemp())
+    >>> (data_home / "maf" / "miniboone").mkdir(parents=True)
+    >>> raw = np.random.RandomState(0).randn(200, 43)
+    >>> np.save(data_home / "maf" / "miniboone" / "data.npy", raw)
+    >>> miniboone = load_miniboone(data_home, download_if_missing=False)
+    >>> miniboone.n_features, miniboone.test.shape
+    (43, (20, 43))
     """
     (path,) = _raw_paths("miniboone", ["data.npy"], data_home, download_if_missing)
     data = np.load(path, allow_pickle=False).astype(np.float64)
@@ -423,52 +499,31 @@ def load_miniboone(data_home=None, download_if_missing=True):
         raise ValueError(
             f"Expected a 2-D array in {path}, got shape {data.shape}."
         )
-    train, validation, test = _three_way_split(data)
-    fit = np.vstack([train, validation])
-    mean, std = fit.mean(axis=0), fit.std(axis=0)
-    train, validation, test = ((a - mean) / std for a in (train, validation, test))
     return _bunch(
         "MINIBOONE",
-        train,
-        validation,
-        test,
+        *_split_and_standardize(data),
         "MiniBooNE particle identification (UCI), MAF preprocessing: last 10% "
         "test, last 10% of the rest validation, standardized with the "
         "train+validation mean and std.",
     )
 
 
-def load_bsds300(data_home=None, download_if_missing=True):
+@_loader_doc(
+    n_features=63,
+    rows=(1_000_000, 50_000, 250_000),
+    raw_files=["BSDS300/BSDS300.hdf5"],
+    raw_note=["Reading it requires the optional dependency h5py."],
+)
+def load_bsds300(
+    data_home: str | os.PathLike | None = None, download_if_missing: bool = True
+) -> Bunch:
     """Load the BSDS300 data set as published with MAF (63 features).
 
     8x8 patches of the Berkeley segmentation data set images, monochrome,
     with the bottom-right pixel dropped (63 features). The published splits
     are used as they are.
 
-    ===============   ===============================
-    Features          63
-    Train             1,000,000 rows
-    Validation        50,000 rows
-    Test              250,000 rows
-    ===============   ===============================
-
-    Parameters
-    ----------
-    data_home : str or path-like, default=None
-        The data folder, see :func:`get_data_home`. The raw file is read
-        from ``<data_home>/maf/BSDS300/BSDS300.hdf5``, which requires the
-        optional dependency h5py.
-
-    download_if_missing : bool, default=True
-        If False, raise a ``FileNotFoundError`` when the raw file is missing
-        instead of downloading the archive.
-
-    Returns
-    -------
-    data : :class:`~sklearn.utils.Bunch`
-        Dictionary-like object with the attributes ``train``,
-        ``validation``, ``test`` (float64 arrays with 63 columns),
-        ``n_features`` and ``DESCR``.
+    {splits_parameters_returns}
 
     Raises
     ------
@@ -477,10 +532,18 @@ def load_bsds300(data_home=None, download_if_missing=True):
 
     Examples
     --------
+    With ``download_if_missing=False`` a missing raw file is an error that
+    says where to put it, and nothing is downloaded:
+
+    >>> import tempfile
     >>> from skflow.datasets import load_bsds300
-    >>> bsds300 = load_bsds300()  # doctest: +SKIP
-    >>> bsds300.n_features  # doctest: +SKIP
-    63
+    >>> load_bsds300(tempfile.mkdtemp(), download_if_missing=False)
+    Traceback (most recent call last):
+        ...
+    FileNotFoundError: Raw file 'BSDS300.hdf5' of the BSDS300 data set is missing: ...
+
+    Online, ``load_bsds300()`` downloads the archive (over a gigabyte) once
+    and returns splits of 1,000,000, 50,000 and 250,000 rows.
     """
     (path,) = _raw_paths("BSDS300", ["BSDS300.hdf5"], data_home, download_if_missing)
     try:
