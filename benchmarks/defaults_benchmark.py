@@ -12,11 +12,10 @@ import sys
 import warnings
 
 import numpy as np
-
-from skflow import FFJORDDensity
-
 from _common import markdown_table, save, stopwatch
 from tabular_benchmark import splits
+
+from skflow import FFJORDDensity
 
 VARIANTS = {
     "defaults": {},

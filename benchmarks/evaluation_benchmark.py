@@ -30,14 +30,13 @@ import warnings
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="skflow-inductor-")
 
 import torch  # noqa: E402
+from _common import markdown_table, random_network_data, save, stopwatch
 from torch.utils.benchmark import Timer
 
 from skflow import FFJORDDensity
 from skflow.cnf.divergence import exact_divergence
 from skflow.cnf.flow import CNFBlock
 from skflow.cnf.layers import DynamicsMLP
-
-from _common import markdown_table, random_network_data, save, stopwatch
 
 D, HIDDEN, ROWS = 10, (64, 64, 64), 409
 
@@ -62,7 +61,8 @@ def trace_methods():
     rows = []
     for dtype in (torch.float64, torch.float32):
         block = random_block(dtype)
-        autograd = lambda s, z, block=block: exact_divergence(block.velocity, s, z, False)[:2]
+        def autograd(s, z, block=block):
+            return exact_divergence(block.velocity, s, z, False)[:2]
         frozen = block.frozen().velocity_and_divergence
         for label, fn in (("autograd, d vector-Jacobian products", autograd),
                           ("frozen block (evaluation path)", frozen)):

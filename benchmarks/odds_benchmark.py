@@ -26,6 +26,7 @@ import sys
 import warnings
 
 import numpy as np
+from _common import markdown_table, save, stopwatch
 from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
@@ -36,8 +37,6 @@ from sklearn.preprocessing import StandardScaler
 
 from skflow import FFJORDOutlierDetector
 from skflow.datasets import ODDS_DATASETS, load_odds
-
-from _common import markdown_table, save, stopwatch
 
 #: The flow's settings: skflow's defaults (flow matching with weight averaging, three hidden
 #: layers of 64, 'auto' learning rate and steps). Measured on cardio and annthyroid (seed 0), they

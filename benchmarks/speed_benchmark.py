@@ -17,11 +17,10 @@ import warnings
 import numpy as np
 import torch
 import zuko
+from _common import markdown_table, random_network_data, save, stopwatch
 
 from skflow import FFJORDDensity
 from skflow.datasets import make_toy
-
-from _common import markdown_table, random_network_data, save, stopwatch
 
 HIDDEN = (64, 64, 64)
 
@@ -88,7 +87,8 @@ def scoring(n_rows, fast):
         ours_ll = ours.score(X_big)
     with stopwatch() as zuko_s:
         zuko_ll = float(np.mean(zuko_score(X_big)))
-    row = dict(rows=n_rows, features=d, tolerance=tol, eval_dtype=ours.eval_dtype, skflow_s=ours_s(), zuko_s=zuko_s(),
+    row = dict(rows=n_rows, features=d, tolerance=tol, eval_dtype=ours.eval_dtype,
+               skflow_s=ours_s(), zuko_s=zuko_s(),
                speedup=zuko_s() / ours_s(), skflow_loglik=ours_ll, zuko_loglik=zuko_ll,
                skflow_nfe_per_row=float(ours.evaluation_nfe(X_big[:1000]).mean()))
     print(row, flush=True)

@@ -17,12 +17,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _common import markdown_table, random_network_data, save, stopwatch
 
 from skflow import FFJORDDensity
 from skflow.baselines import tuned_gaussian_mixture, tuned_kernel_density
 from skflow.datasets import load_odds
-
-from _common import markdown_table, random_network_data, save, stopwatch
 
 
 def splits(data_home):

@@ -9,12 +9,11 @@ import sys
 import warnings
 
 import numpy as np
+from _common import markdown_table, save, stopwatch
 
 from skflow import FFJORDDensity
 from skflow.baselines import tuned_gaussian_mixture, tuned_kernel_density
 from skflow.datasets import TOY_DATASETS, make_toy
-
-from _common import markdown_table, save, stopwatch
 
 
 def run(name, n_train, n_test, params):

@@ -54,6 +54,6 @@ class VersionedPickleMixin:
                 f"cannot load. Install skflow=={version} to load it, or refit the model.")
         if version != __version__:
             warnings.warn(f"Loading a {type(self).__name__} saved by skflow {version} with skflow "
-                          f"{__version__}.", InconsistentVersionWarning)
+                          f"{__version__}.", InconsistentVersionWarning, stacklevel=2)
         super().__setstate__(state)
         self._evaluators = {}

@@ -45,7 +45,8 @@ def _check_hidden_dims(hidden_dims) -> tuple[int, ...]:
     try:
         dims = tuple(hidden_dims)
     except TypeError:
-        raise TypeError(f"hidden_dims must be a tuple of positive integers, got {hidden_dims!r}.")
+        raise TypeError(
+            f"hidden_dims must be a tuple of positive integers, got {hidden_dims!r}.") from None
     if not all(isinstance(w, (Integral, np.integer)) and not isinstance(w, bool) and w > 0
                for w in dims):
         raise ValueError(f"hidden_dims must be a tuple of positive integers, got {hidden_dims!r}.")
@@ -75,18 +76,18 @@ class FFJORDDensity(VersionedPickleMixin, DensityMixin, TransformerMixin, BaseEs
         Widths of the hidden layers of the dynamics network. Time enters every layer
         (concatsquash layers).
     preprocessing : {'auto', 'standardize', 'quantile'}, default='auto'
-        The invertible map in front of the flow (:class:`skflow.preprocessing.InputMap`), with
-        its exact log-Jacobian, always ending in per-feature standardization. ``'standardize'``: mean and standard deviation
-        only; smooth densities, better on smooth light-tailed data such as the 2-D toy
-        densities. ``'quantile'``: a monotone piecewise-linear map of each feature to a
+        The invertible map in front of the flow (:class:`skflow.preprocessing.InputMap`), with its
+        exact log-Jacobian, always ending in per-feature standardization. ``'standardize'``: mean
+        and standard deviation only; smooth densities, better on smooth light-tailed data such as
+        the 2-D toy densities. ``'quantile'``: a monotone piecewise-linear map of each feature to a
         standard-normal marginal, with knots at empirical quantiles (see
         :class:`skflow.preprocessing.QuantileGaussianizer`), so the flow only has to learn the
-        dependence between features; it scored better on every real tabular set measured
-        (skewed, heavy-tailed or few-valued features; see the README). ``'auto'``: the
-        quantile map when some feature is strongly skewed (|skewness| > 1), heavy-tailed
-        (excess kurtosis > 3) or has one value in over 5% of the rows, else standardization
-        (see :func:`skflow.preprocessing.marginals_need_gaussianizing`); the choice is stored
-        in ``preprocessing_``.
+        dependence between features; it scored better on every real tabular set measured (skewed,
+        heavy-tailed or few-valued features; see the README). ``'auto'``: the quantile map when some
+        feature is strongly skewed (|skewness| > 1), heavy-tailed (excess kurtosis > 3) or has one
+        value in over 5% of the rows, else standardization (see
+        :func:`skflow.preprocessing.marginals_need_gaussianizing`); the choice is stored in
+        ``preprocessing_``.
     activation : {'silu', 'softplus', 'tanh', 'elu', 'swish'}, default='silu'
         Non-linearity between layers; all are smooth, which keeps the ODE non-stiff. ``'swish'``
         learns its slope, ``'silu'`` is swish with slope 1 (it trains fastest with flow
@@ -352,7 +353,7 @@ class FFJORDDensity(VersionedPickleMixin, DensityMixin, TransformerMixin, BaseEs
             warnings.warn(
                 f"{type(self).__name__} stopped at max_iter={config.max_iter} before the "
                 "validation loss stopped improving; increase max_iter for a better fit.",
-                ConvergenceWarning)
+                ConvergenceWarning, stacklevel=2)
 
     def _resolved(self, name):
         value = getattr(self, name)

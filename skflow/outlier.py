@@ -22,14 +22,15 @@ class FFJORDOutlierDetector(OutlierMixin, FFJORDDensity):
     """Outlier detection with an FFJORD density: rows of low log density are outliers.
 
     The flow is fitted exactly as :class:`~skflow.FFJORDDensity` fits it (all its parameters
-    apply, with the same defaults except ``preprocessing``). A threshold ``offset_`` on the log density is then set from
-    the training rows, so that ``predict`` labels the share ``contamination`` of them as outliers.
+    apply, with the same defaults except ``preprocessing``). A threshold ``offset_`` on the log
+    density is then set from the training rows, so that ``predict`` labels the share
+    ``contamination`` of them as outliers.
 
     Parameters
     ----------
-    hidden_dims, preprocessing, activation, n_blocks, time_length, train_time_length, training, divergence, \
-noise, solver, n_steps, atol, rtol, eval_atol, eval_rtol, eval_dtype, max_num_steps, adjoint, \
-kinetic_energy, jacobian_frobenius, learning_rate, weight_decay, batch_size, max_iter, \
+    hidden_dims, preprocessing, activation, n_blocks, time_length, train_time_length, training, \
+divergence, noise, solver, n_steps, atol, rtol, eval_atol, eval_rtol, eval_dtype, max_num_steps, \
+adjoint, kinetic_energy, jacobian_frobenius, learning_rate, weight_decay, batch_size, max_iter, \
 validation_fraction, n_iter_no_change, validation_interval, warm_start, device, verbose, \
 random_state
         As in :class:`~skflow.FFJORDDensity`, with the same defaults except
@@ -86,48 +87,21 @@ best_validation_loss_, device_, world_size_
     }
 
     def __init__(
-        self,
-        *,
-        hidden_dims=(64, 64, 64),
-        preprocessing="standardize",
-        activation="silu",
-        n_blocks=1,
-        time_length=1.0,
-        train_time_length=False,
-        training="flow_matching",
-        divergence="hutchinson",
-        noise="rademacher",
-        solver="dopri5",
-        n_steps=8,
-        atol=1e-5,
-        rtol=1e-5,
-        eval_atol=1e-6,
-        eval_rtol=1e-6,
-        eval_dtype="float32",
-        max_num_steps=1000,
-        adjoint=True,
-        kinetic_energy=0.0,
-        jacobian_frobenius=0.0,
-        learning_rate="auto",
-        weight_decay=1e-5,
-        batch_size=1024,
-        max_iter="auto",
-        validation_fraction=0.1,
-        n_iter_no_change=10,
-        validation_interval="auto",
-        warm_start=False,
-        device="auto",
-        verbose=0,
-        random_state=None,
-        contamination="auto",
+        self, *, hidden_dims=(64, 64, 64), preprocessing="standardize", activation="silu",
+        n_blocks=1, time_length=1.0, train_time_length=False, training="flow_matching",
+        divergence="hutchinson", noise="rademacher", solver="dopri5", n_steps=8, atol=1e-5,
+        rtol=1e-5, eval_atol=1e-6, eval_rtol=1e-6, eval_dtype="float32", max_num_steps=1000,
+        adjoint=True, kinetic_energy=0.0, jacobian_frobenius=0.0, learning_rate="auto",
+        weight_decay=1e-5, batch_size=1024, max_iter="auto", validation_fraction=0.1,
+        n_iter_no_change=10, validation_interval="auto", warm_start=False, device="auto",
+        verbose=0, random_state=None, contamination="auto",
     ):
         super().__init__(
             hidden_dims=hidden_dims, preprocessing=preprocessing, activation=activation,
-            n_blocks=n_blocks, time_length=time_length, train_time_length=train_time_length, training=training,
-            divergence=divergence, noise=noise, solver=solver, n_steps=n_steps, atol=atol,
-            rtol=rtol, eval_atol=eval_atol, eval_rtol=eval_rtol, eval_dtype=eval_dtype,
-            max_num_steps=max_num_steps,
-            adjoint=adjoint, kinetic_energy=kinetic_energy,
+            n_blocks=n_blocks, time_length=time_length, train_time_length=train_time_length,
+            training=training, divergence=divergence, noise=noise, solver=solver, n_steps=n_steps,
+            atol=atol, rtol=rtol, eval_atol=eval_atol, eval_rtol=eval_rtol, eval_dtype=eval_dtype,
+            max_num_steps=max_num_steps, adjoint=adjoint, kinetic_energy=kinetic_energy,
             jacobian_frobenius=jacobian_frobenius, learning_rate=learning_rate,
             weight_decay=weight_decay, batch_size=batch_size, max_iter=max_iter,
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,

@@ -51,7 +51,7 @@ def _check_bounds(bounds: Bounds) -> Bounds:
         (x0, x1), (y0, y1) = bounds
         x0, x1, y0, y1 = (float(v) for v in (x0, x1, y0, y1))
     except (TypeError, ValueError):
-        raise ValueError(f"bounds must be ((xmin, xmax), (ymin, ymax)), got {bounds!r}.")
+        raise ValueError(f"bounds must be ((xmin, xmax), (ymin, ymax)), got {bounds!r}.") from None
     if not (np.isfinite([x0, x1, y0, y1]).all() and x0 < x1 and y0 < y1):
         raise ValueError(f"bounds must be finite with xmin < xmax and ymin < ymax, got {bounds!r}.")
     return (x0, x1), (y0, y1)
@@ -364,7 +364,8 @@ def plot_history(estimator: FFJORDDensity, ax: Axes | None = None) -> Axes:
     if not history:
         return ax
     iteration = np.array([h["iteration"] for h in history])
-    column = lambda key: np.array([h[key] for h in history], dtype=float)
+    def column(key):
+        return np.array([h[key] for h in history], dtype=float)
     likelihood = getattr(estimator, "training", "likelihood") == "likelihood"
     ax.plot(iteration, column("train_loss"), marker=".",
             label="train NLL" if likelihood else "train flow-matching loss")

@@ -174,7 +174,7 @@ class QuantileGaussianizer:
     def __init__(self, n_quantiles: int = 128):
         self.n_quantiles = n_quantiles
 
-    def fit(self, X: np.ndarray) -> "QuantileGaussianizer":
+    def fit(self, X: np.ndarray) -> QuantileGaussianizer:
         """Place the knots at the quantiles (and atoms) of each column of ``X``."""
         n = X.shape[0]
         levels = np.linspace(0.0, 1.0, min(self.n_quantiles, n))

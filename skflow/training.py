@@ -26,8 +26,12 @@ from .cnf.flow import ContinuousFlow, FlowSpec
 from .cnf.objectives import make_objective
 from .cnf.solver import SolverConfig
 from .distributed import torchrun
-from .exceptions import (FitInterruptedWarning, SolverError, TrainingDivergedError,
-                         TrainingFaultWarning)
+from .exceptions import (
+    FitInterruptedWarning,
+    SolverError,
+    TrainingDivergedError,
+    TrainingFaultWarning,
+)
 
 __all__ = ["TrainingConfig", "TrainingResult", "fit_flow", "validation_loss"]
 

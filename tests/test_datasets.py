@@ -23,6 +23,8 @@ from sklearn.utils import Bunch
 from skflow.datasets import (
     ODDS_DATASETS,
     RemoteFile,
+    _odds,
+    _tabular,
     fetch_file,
     get_data_home,
     load_bsds300,
@@ -32,7 +34,6 @@ from skflow.datasets import (
     load_odds,
     load_power,
 )
-from skflow.datasets import _odds, _tabular
 from skflow.datasets._base import extract_tar
 
 pd = pytest.importorskip("pandas")

@@ -254,7 +254,8 @@ def test_density_integrates_to_one_in_1d():
     assert abs(np.trapezoid(density, xs) - 1) < 0.01
     # and it learned the two modes (4 and 13): the density dips between them, where a single
     # Gaussian would peak
-    at = lambda v: np.exp(est.score_samples(np.array([[v]])))[0]
+    def at(v):
+        return np.exp(est.score_samples(np.array([[v]])))[0]
     assert at(4) > at(7) < at(13)
 
 

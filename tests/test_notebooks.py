@@ -6,9 +6,7 @@ shared development data folder (see ``conftest.shared_data_dir``); they are skip
 the files they need.
 """
 
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 

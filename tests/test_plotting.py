@@ -12,8 +12,7 @@ from sklearn.exceptions import NotFittedError  # noqa: E402
 
 from skflow import FFJORDDensity  # noqa: E402
 from skflow.datasets import make_toy  # noqa: E402
-from skflow.plotting import (density_grid, plot_density_2d, plot_grid,  # noqa: E402
-                             plot_history, plot_samples)
+from skflow.plotting import density_grid, plot_density_2d, plot_grid, plot_history, plot_samples  # noqa: E402
 
 from .conftest import FAST  # noqa: E402
 

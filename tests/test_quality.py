@@ -17,7 +17,8 @@ def test_flow_beats_a_gaussian_on_held_out_pinwheel():
     # Samples land where the data are: their median log density under a Gaussian mixture fitted
     # to the data is nearer that of held-out data than that of samples from a Gaussian.
     reference = GaussianMixture(20, random_state=0).fit(X)
-    median = lambda A: np.median(reference.score_samples(A))
+    def median(A):
+        return np.median(reference.score_samples(A))
     samples = est.sample(2000, random_state=0)
     gaussian_samples = GaussianMixture(1).fit(X).sample(2000)[0]
     assert median(samples) - median(gaussian_samples) > median(X_test) - median(samples)

@@ -25,8 +25,8 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import skflow._state
 from skflow import FFJORDDensity, training
-from skflow.cnf.frozen import FrozenBlock
 from skflow.cnf.evaluation import Evaluator
+from skflow.cnf.frozen import FrozenBlock
 from skflow.exceptions import SolverError, TrainingDivergedError
 
 from .conftest import REPO

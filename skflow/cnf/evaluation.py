@@ -9,7 +9,7 @@ device, precision and tolerances; the weights are prepared once (frozen blocks),
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from .solver import solve_per_row
 
 __all__ = ["Evaluator"]
 
-ArrayLike = np.ndarray | torch.Tensor
+# What the evaluator takes: a numpy array (copied to the device chunk by chunk) or a tensor.
+_Rows = np.ndarray | torch.Tensor
 
 
 class Evaluator:
@@ -50,6 +51,7 @@ class Evaluator:
     Examples
     --------
     >>> import numpy as np
+    >>> import torch
     >>> from skflow.cnf.flow import ContinuousFlow
     >>> from skflow.cnf.evaluation import Evaluator
     >>> flow = ContinuousFlow(2, (8,)).double()  # a new flow is the identity map
@@ -59,11 +61,14 @@ class Evaluator:
     array([-1.8379, -2.8379])
     >>> bool(np.allclose(evaluator.from_latent(evaluator.to_latent(Z)), Z))
     True
+    >>> nfe = evaluator.nfe(Z)  # dynamics evaluations of each row
+    >>> nfe.dtype, bool((nfe > 0).all())
+    (dtype('int64'), True)
     """
 
     def __init__(self, flow: ContinuousFlow, atol: float = 1e-6, rtol: float = 1e-6,
                  max_num_steps: int = 1000, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu") -> None:
         self.atol, self.rtol, self.max_num_steps = atol, rtol, max_num_steps
         self.dtype, self.device = dtype, torch.device(device)
         blocks = copy.deepcopy(flow.blocks).to(device=self.device, dtype=dtype)
@@ -87,7 +92,7 @@ class Evaluator:
             return min(8192, max(64, 2 ** 21 // tangent_bytes))
         return max(256, 2 ** 26 // tangent_bytes)
 
-    def _chunks(self, Z: ArrayLike) -> Iterator[torch.Tensor]:
+    def _chunks(self, Z: _Rows) -> Iterator[torch.Tensor]:
         # The solver keeps chunk_rows rows in flight and refills its batch as rows finish; the
         # input chunks only bound the memory of the copies (a numpy input may be read-only or a
         # memory map: each chunk is copied).
@@ -99,13 +104,15 @@ class Evaluator:
             else:
                 yield torch.tensor(np.asarray(chunk), dtype=self.dtype, device=self.device)
 
-    def _gather(self, Z: ArrayLike, evaluate, width: int | None) -> np.ndarray:
+    def _gather(self, Z: _Rows, evaluate: Callable[[torch.Tensor], torch.Tensor],
+                width: int | None) -> np.ndarray:
         shape = (Z.shape[0],) if width is None else (Z.shape[0], width)
         with torch.no_grad():
             parts = [evaluate(chunk).cpu().double() for chunk in self._chunks(Z)]
         return torch.cat(parts).numpy() if parts else np.empty(shape)
 
-    def _solve(self, func, z, reverse=False, nfe=None):
+    def _solve(self, func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor,
+               reverse: bool = False, nfe: torch.Tensor | None = None) -> torch.Tensor:
         return solve_per_row(func, z, self.atol, self.rtol, reverse=reverse,
                              max_num_steps=self.max_num_steps, nfe=nfe, max_rows=self.chunk_rows)
 
@@ -113,7 +120,7 @@ class Evaluator:
         log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         for frozen in self.blocks:
 
-            def func(s, y, frozen=frozen):
+            def func(s: torch.Tensor, y: torch.Tensor, frozen=frozen) -> torch.Tensor:
                 velocity, div = frozen.velocity_and_divergence(s, y[:, :-1])
                 return torch.cat([velocity, div[:, None]], dim=1)
 
@@ -132,24 +139,24 @@ class Evaluator:
             z = self._solve(frozen.velocity, z, reverse=True)
         return z
 
-    def log_prob(self, Z: ArrayLike) -> np.ndarray:
-        """Log density of each row of ``Z`` under the flow (flow space), float64."""
+    def log_prob(self, Z: _Rows) -> np.ndarray:
+        """Log density of each row of ``Z`` (flow space) under the flow: shape ``(n,)``."""
         return self._gather(Z, self._log_prob_chunk, None)
 
-    def nfe(self, Z: ArrayLike) -> np.ndarray:
+    def nfe(self, Z: _Rows) -> np.ndarray:
         """Dynamics evaluations that each row of ``Z`` needs for :meth:`log_prob`, all blocks."""
 
-        def count(chunk):
+        def count(chunk: torch.Tensor) -> torch.Tensor:
             nfe = torch.zeros(chunk.shape[0], dtype=torch.long, device=chunk.device)
             self._log_prob_chunk(chunk, nfe=nfe)
             return nfe
 
         return self._gather(Z, count, None).astype(np.int64)
 
-    def to_latent(self, Z: ArrayLike) -> np.ndarray:
-        """Flow space to latent: every block integrated forward."""
+    def to_latent(self, Z: _Rows) -> np.ndarray:
+        """Flow space to latent, every block integrated forward: shape ``(n, d)``."""
         return self._gather(Z, self._to_latent_chunk, Z.shape[1])
 
-    def from_latent(self, Z: ArrayLike) -> np.ndarray:
-        """Latent to flow space: every block integrated backward."""
+    def from_latent(self, Z: _Rows) -> np.ndarray:
+        """Latent to flow space, every block integrated backward: shape ``(n, d)``."""
         return self._gather(Z, self._from_latent_chunk, Z.shape[1])

@@ -8,6 +8,7 @@ with ``v = T * f(z, s)`` for the block's time length ``T``. Along a trajectory,
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -19,14 +20,43 @@ from .layers import DynamicsMLP
 from .regularizers import INTEGRANDS
 from .solver import SolverConfig, integrate
 
-__all__ = ["FlowSpec", "ContinuousFlow", "CNFBlock", "AugmentedDynamics",
+__all__ = ["AugmentedDynamics", "CNFBlock", "ContinuousFlow", "FlowSpec",
            "standard_normal_log_prob"]
 
 
 class CNFBlock(nn.Module):
-    """One continuous-time block: dynamics network and its (optionally learned) time length."""
+    """One continuous-time block: dynamics network and its (optionally learned) time length.
 
-    def __init__(self, n_features, hidden_dims, activation, time_length, train_time_length):
+    The block's velocity is ``v(s, z) = T f(z, s)`` over its own time ``s`` in [0, 1].
+
+    Parameters
+    ----------
+    n_features : int
+        Dimension of ``z``.
+    hidden_dims : tuple of int
+        Widths of the hidden layers of the dynamics network.
+    activation : str
+        One of :data:`skflow.cnf.layers.ACTIVATIONS`.
+    time_length : float
+        The time length ``T``, positive.
+    train_time_length : bool
+        Whether ``T`` is learned along with the weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.cnf.flow import CNFBlock
+    >>> block = CNFBlock(2, (8,), "silu", time_length=4.0, train_time_length=True)
+    >>> block.time_length.item(), block.sqrt_time_length.requires_grad
+    (4.0, True)
+    >>> block.velocity(torch.tensor(0.0), torch.randn(3, 2)).shape
+    torch.Size([3, 2])
+    >>> type(block.frozen()).__name__
+    'FrozenBlock'
+    """
+
+    def __init__(self, n_features: int, hidden_dims: tuple[int, ...], activation: str,
+                 time_length: float, train_time_length: bool) -> None:
         super().__init__()
         self.net = DynamicsMLP(n_features, hidden_dims, activation)
         # T = s**2 keeps the time length positive while it is learned (as in the FFJORD code).
@@ -34,14 +64,16 @@ class CNFBlock(nn.Module):
                                              requires_grad=train_time_length)
 
     @property
-    def time_length(self):
+    def time_length(self) -> torch.Tensor:
+        """The time length ``T``, a scalar tensor."""
         return self.sqrt_time_length.pow(2)
 
-    def velocity(self, s, z):
+    def velocity(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``T f(z, s)`` for rows ``z`` at time ``s`` (a scalar or a column ``(n, 1)``)."""
         return self.time_length * self.net(s, z)
 
     @torch.no_grad()
-    def frozen(self):
+    def frozen(self) -> FrozenBlock:
         """The block with its current weights prepared for an evaluation solve."""
         return FrozenBlock(self)
 
@@ -51,9 +83,30 @@ class AugmentedDynamics(nn.Module):
 
     The Hutchinson probe ``noise`` is set before each solve and kept through it (and through its
     adjoint backward pass). ``nfe`` counts evaluations.
+
+    Parameters
+    ----------
+    block : CNFBlock
+        The block whose dynamics are integrated.
+    divergence : {'exact', 'hutchinson'}, default='exact'
+        How the divergence is computed (see :mod:`skflow.cnf.divergence`).
+    regularizers : iterable of str, default=()
+        Names of :data:`skflow.cnf.regularizers.INTEGRANDS` that ride along as extra states.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.cnf.flow import AugmentedDynamics, CNFBlock
+    >>> block = CNFBlock(2, (8,), "tanh", time_length=1.0, train_time_length=False)
+    >>> dynamics = AugmentedDynamics(block, "exact", ("kinetic_energy",))
+    >>> state = (torch.randn(5, 2), torch.zeros(5), torch.zeros(5))
+    >>> velocity, div, kinetic = dynamics(torch.tensor(0.0), state)
+    >>> velocity.shape, div.shape, kinetic.shape, dynamics.nfe
+    (torch.Size([5, 2]), torch.Size([5]), torch.Size([5]), 1)
     """
 
-    def __init__(self, block, divergence="exact", regularizers=()):
+    def __init__(self, block: CNFBlock, divergence: str = "exact",
+                 regularizers: Iterable[str] = ()) -> None:
         super().__init__()
         self.block = block
         self.divergence = divergence
@@ -61,7 +114,9 @@ class AugmentedDynamics(nn.Module):
         self.noise = None
         self.nfe = 0
 
-    def forward(self, s, state):
+    def forward(self, s: torch.Tensor, state: tuple[torch.Tensor, ...]
+                ) -> tuple[torch.Tensor, ...]:
+        """Time derivatives of ``(z, log-det, regularizers...)``; only ``z`` is read."""
         self.nfe += 1
         z = state[0]
         # Higher-order graphs are needed only when gradients flow (direct backprop or the adjoint
@@ -76,13 +131,46 @@ class AugmentedDynamics(nn.Module):
         return (velocity, div) + extras
 
 
-def standard_normal_log_prob(z):
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """Log density of each row of ``z`` under the standard normal, the flow's latent.
+
+    Parameters
+    ----------
+    z : torch.Tensor of shape (n, d)
+        Latent rows.
+
+    Returns
+    -------
+    torch.Tensor of shape (n,)
+        ``-|z|^2 / 2 - d log(2 pi) / 2`` of each row.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.cnf.flow import standard_normal_log_prob
+    >>> standard_normal_log_prob(torch.tensor([[0.0, 0.0], [1.0, -1.0]])).round(decimals=4)
+    tensor([-1.8379, -2.8379])
+    """
     return -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)
 class FlowSpec:
-    """What a new :class:`ContinuousFlow` is made of; :meth:`build` makes one from a seed."""
+    """What a new :class:`ContinuousFlow` is made of; :meth:`build` makes one from a seed.
+
+    The fields are the arguments of :class:`ContinuousFlow`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.cnf.flow import FlowSpec
+    >>> spec = FlowSpec(n_features=2, hidden_dims=(8,), n_blocks=2)
+    >>> flow = spec.build(seed=0)
+    >>> len(flow.blocks), next(flow.parameters()).dtype
+    (2, torch.float64)
+    >>> all(torch.equal(p, q) for p, q in zip(spec.build(0).parameters(), flow.parameters()))
+    True
+    """
 
     n_features: int
     hidden_dims: tuple[int, ...] = (64, 64, 64)
@@ -91,7 +179,7 @@ class FlowSpec:
     time_length: float = 1.0
     train_time_length: bool = False
 
-    def build(self, seed: int) -> "ContinuousFlow":
+    def build(self, seed: int) -> ContinuousFlow:
         """A new float64 flow, its weights drawn from ``seed`` (the global torch RNG untouched)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -108,18 +196,41 @@ class ContinuousFlow(nn.Module):
     backprop); evaluation through :class:`skflow.cnf.evaluation.Evaluator` (per-row steps, the
     exact trace, no autograd).
 
+    Parameters
+    ----------
+    n_features : int
+        Dimension of the rows.
+    hidden_dims : tuple of int
+        Widths of the hidden layers of each block's dynamics network.
+    activation : str, default='softplus'
+        One of :data:`skflow.cnf.layers.ACTIVATIONS`.
+    n_blocks : int, default=1
+        Number of blocks, each with its own dynamics.
+    time_length : float, default=1.0
+        Every block's time length ``T`` at the start.
+    train_time_length : bool, default=False
+        Whether the time lengths are learned.
+
     Examples
     --------
     >>> import torch
     >>> from skflow.cnf.flow import ContinuousFlow
+    >>> from skflow.cnf.solver import SolverConfig
     >>> flow = ContinuousFlow(2, (16, 16), "silu", n_blocks=2)
     >>> flow.n_features, len(flow.blocks)
     (2, 2)
+    >>> dynamics = flow.training_dynamics("exact", ("kinetic_energy",))
+    >>> config = SolverConfig(method="euler", n_steps=2, adjoint=False)
+    >>> log_prob, penalties = flow.training_log_prob(torch.zeros(3, 2), config, dynamics)
+    >>> log_prob.detach().round(decimals=4)  # a new flow is the identity: the normal's density
+    tensor([-1.8379, -1.8379, -1.8379])
+    >>> penalties["kinetic_energy"].tolist(), sum(func.nfe for func in dynamics)
+    ([0.0, 0.0, 0.0], 4)
     """
 
     def __init__(self, n_features: int, hidden_dims: tuple[int, ...],
                  activation: str = "softplus", n_blocks: int = 1, time_length: float = 1.0,
-                 train_time_length: bool = False):
+                 train_time_length: bool = False) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             CNFBlock(n_features, hidden_dims, activation, time_length, train_time_length)
@@ -127,12 +238,13 @@ class ContinuousFlow(nn.Module):
 
     @property
     def n_features(self) -> int:
+        """Dimension of the rows."""
         return self.blocks[0].net.layers[0].linear.in_features
 
     def training_log_prob(self, z: torch.Tensor, config: SolverConfig,
                           dynamics: list[AugmentedDynamics], noise: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Log density of the mapped rows ``z``, with batch-shared solver steps.
+        """Log density of the mapped rows ``z`` (a tensor ``(n, d)``), batch-shared solver steps.
 
         ``dynamics`` is the list from :meth:`training_dynamics` (kept by the caller, which reads
         their NFE counters after the backward pass too). Returns ``(log_prob, penalties)`` where

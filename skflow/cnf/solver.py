@@ -3,10 +3,10 @@
 All solver options live in :class:`SolverConfig`. Every solve runs over the block's own time
 ``s`` from 0 (data side) to 1 (latent side), or back.
 
-Why two solvers: torchdiffeq's adaptive solvers take one step size for the whole batch, so a row's
-result depends on its batch-mates. That is fine for training (a minibatch is one sample of the loss),
-but a density model must give a row the same log density whatever else is in the call. The
-evaluation solver below keeps a time, a step size and an error test per row.
+Why two solvers: torchdiffeq's adaptive solvers take one step size for the whole batch, so a
+row's result depends on its batch-mates. That is fine for training (a minibatch is one sample of
+the loss), but a density model must give a row the same log density whatever else is in the
+call. The evaluation solver below keeps a time, a step size and an error test per row.
 """
 
 from __future__ import annotations
@@ -16,11 +16,17 @@ from dataclasses import dataclass
 
 import torch
 import torchdiffeq
+from torch import nn
 
 from ..exceptions import SolverError
 
-__all__ = ["SolverConfig", "integrate", "solve_per_row", "FIXED_GRID_METHODS",
-           "ADAPTIVE_METHODS"]
+__all__ = ["ADAPTIVE_METHODS", "FIXED_GRID_METHODS", "SolverConfig", "integrate",
+           "solve_per_row"]
+
+# The dynamics of the per-row solver: ``func(s, y)``, ``s`` a column of one time per row.
+_RowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# The torchdiffeq methods that the training solves accept.
 
 FIXED_GRID_METHODS = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
@@ -30,9 +36,28 @@ ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 class SolverConfig:
     """How one solve is carried out.
 
-    ``n_steps`` is the number of steps for the fixed-grid methods; adaptive methods use ``atol`` and
-    ``rtol`` and stop with :class:`SolverError` after ``max_num_steps`` steps. ``adjoint`` selects
-    adjoint gradients (``odeint_adjoint``) over direct backpropagation through the solver.
+    Parameters
+    ----------
+    method : str, default='dopri5'
+        A torchdiffeq method, one of :data:`FIXED_GRID_METHODS` or :data:`ADAPTIVE_METHODS`.
+    atol, rtol : float, default=1e-5
+        Tolerances of the adaptive methods.
+    n_steps : int, default=8
+        Number of steps of the fixed-grid methods.
+    max_num_steps : int, default=1000
+        Adaptive methods stop with :class:`~skflow.exceptions.SolverError` after this many steps.
+    adjoint : bool, default=True
+        Adjoint gradients (``odeint_adjoint``) rather than direct backpropagation through the
+        solver.
+
+    Examples
+    --------
+    >>> from skflow.cnf.solver import SolverConfig
+    >>> config = SolverConfig(method="rk4", n_steps=4)
+    >>> config.fixed_grid, config.options()
+    (True, {'step_size': 0.25})
+    >>> SolverConfig().options()
+    {'max_num_steps': 1000}
     """
 
     method: str = "dopri5"
@@ -43,30 +68,67 @@ class SolverConfig:
     adjoint: bool = True
 
     @property
-    def fixed_grid(self):
+    def fixed_grid(self) -> bool:
+        """Whether :attr:`method` takes fixed steps."""
         return self.method in FIXED_GRID_METHODS
 
-    def options(self):
+    def options(self) -> dict[str, float | int]:
+        """The ``options`` that torchdiffeq takes for :attr:`method`."""
         if self.fixed_grid:
             return {"step_size": 1.0 / self.n_steps}
         return {"max_num_steps": self.max_num_steps}
 
 
-def integrate(func, state, config, reverse=False):
+def integrate(func: nn.Module, state: tuple[torch.Tensor, ...], config: SolverConfig,
+              reverse: bool = False) -> tuple[torch.Tensor, ...]:
     """Integrate a tuple ``state`` under ``func(s, state)`` over ``s`` in [0, 1] with torchdiffeq.
 
-    Returns the final state. ``func`` is an ``nn.Module`` so that the adjoint finds its parameters.
+    Parameters
+    ----------
+    func : torch.nn.Module
+        ``func(s, state)``, the time derivative of every component of ``state``, ``s`` a scalar
+        shared by the batch. A module, so that the adjoint finds its parameters.
+    state : tuple of torch.Tensor
+        The state at the start.
+    config : SolverConfig
+        Method, tolerances or steps, and how gradients are taken.
+    reverse : bool, default=False
+        Integrate from ``s = 1`` back to 0.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The state at the end.
+
+    Raises
+    ------
+    SolverError
+        When torchdiffeq gives up (step size underflow, too many steps).
+
+    Examples
+    --------
+    >>> import math
+    >>> import torch
+    >>> from skflow.cnf.solver import SolverConfig, integrate
+    >>> class Decay(torch.nn.Module):
+    ...     def forward(self, s, state):
+    ...         return (-state[0],)
+    >>> config = SolverConfig(atol=1e-9, rtol=1e-9, adjoint=False)
+    >>> (y1,) = integrate(Decay(), (torch.ones(2, dtype=torch.float64),), config)
+    >>> bool(torch.allclose(y1, torch.full_like(y1, math.exp(-1))))  # y(1) = y(0) / e
+    True
     """
     times = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=state[0].dtype,
                          device=state[0].device)
-    kwargs = dict(method=config.method, atol=config.atol, rtol=config.rtol, options=config.options())
+    kwargs = dict(method=config.method, atol=config.atol, rtol=config.rtol,
+                  options=config.options())
     try:
         if config.adjoint:
             # The seminorm drops the parameter adjoints from the backward step-size control
             # (Kidger et al. 2021): fewer backward evaluations for the same gradients.
             adjoint_options = dict(config.options(), norm="seminorm")
-            solution = torchdiffeq.odeint_adjoint(func, state, times, adjoint_options=adjoint_options,
-                                                  **kwargs)
+            solution = torchdiffeq.odeint_adjoint(func, state, times,
+                                                  adjoint_options=adjoint_options, **kwargs)
         else:
             solution = torchdiffeq.odeint(func, state, times, **kwargs)
     except AssertionError as error:  # torchdiffeq reports "underflow in dt" and step limits so
@@ -90,11 +152,12 @@ _B_ERR = tuple(b - b_star for b, b_star in zip(
     _B, (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)))
 
 
-def _rms(x):
+def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).mean(-1).sqrt()
 
 
-def _initial_step(func, t, y, f0, atol, rtol, direction):
+def _initial_step(func: _RowFn, t: torch.Tensor, y: torch.Tensor, f0: torch.Tensor, atol: float,
+                  rtol: float, direction: float) -> torch.Tensor:
     """Per-row starting step (Hairer, Norsett & Wanner, II.4)."""
     scale = atol + rtol * y.abs()
     d0, d1 = _rms(y / scale), _rms(f0 / scale)
@@ -121,14 +184,15 @@ def _tableau(like: torch.Tensor) -> torch.Tensor:
 class _Rows:
     """The rows in flight: their indices, times, states, derivatives, step sizes, step counts."""
 
-    def __init__(self, y0, t0, f0, h0):
+    def __init__(self, y0: torch.Tensor, t0: torch.Tensor, f0: torch.Tensor,
+                 h0: torch.Tensor) -> None:
         self.t0, self.y0, self.f0, self.h0 = t0, y0, f0, h0
         self.index = torch.arange(0, device=y0.device)
         self.t, self.y, self.f, self.h = t0[:0], y0[:0], f0[:0], h0[:0]
         self.steps = torch.zeros(0, dtype=torch.long, device=y0.device)
         self.admitted = 0
 
-    def admit(self, capacity):
+    def admit(self, capacity: int) -> None:
         """Let waiting rows take the free places, up to ``capacity`` rows in flight."""
         take = min(capacity - self.index.numel(), self.y0.shape[0] - self.admitted)
         if take <= 0:
@@ -141,13 +205,15 @@ class _Rows:
         self.h = torch.cat([self.h, self.h0[part]])
         self.steps = torch.cat([self.steps, torch.zeros_like(new)])
 
-    def keep(self, mask):
+    def keep(self, mask: torch.Tensor) -> None:
+        """Keep only the rows in flight where ``mask`` is true."""
         self.index, self.t, self.y, self.f, self.h, self.steps = (
             self.index[mask], self.t[mask], self.y[mask], self.f[mask], self.h[mask],
             self.steps[mask])
 
 
-def _starting_points(func, y0, atol, rtol, direction, batch):
+def _starting_points(func: _RowFn, y0: torch.Tensor, atol: float, rtol: float, direction: float,
+                     batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every row's first derivative and starting step, computed in calls of ``batch`` rows, so
     that rows can later join the batch one by one."""
     n = y0.shape[0]
@@ -160,7 +226,8 @@ def _starting_points(func, y0, atol, rtol, direction, batch):
     return t0, f0, h0
 
 
-def _dopri_step(func, rows, tableau, atol, rtol, direction, t_end):
+def _dopri_step(func: _RowFn, rows: _Rows, tableau: torch.Tensor, atol: float, rtol: float,
+                direction: float, t_end: float) -> torch.Tensor:
     """One Dormand-Prince step of every row in flight, each with its own step size; accepted
     steps advance, and every row's step size is adapted to its own error."""
     t, y, f = rows.t, rows.y, rows.f
@@ -188,7 +255,7 @@ def _dopri_step(func, rows, tableau, atol, rtol, direction, t_end):
     return accept & ((t_end - rows.t[:, 0]) * direction <= 1e-12 * max(1.0, abs(t_end)))
 
 
-def _check_progress(rows, max_num_steps):
+def _check_progress(rows: _Rows, max_num_steps: int) -> None:
     if (rows.steps >= max_num_steps).any():
         raise SolverError(
             f"the evaluation solver did not finish within {max_num_steps} steps; the "
@@ -200,19 +267,43 @@ def _check_progress(rows, max_num_steps):
                           "tolerances below the evaluation precision (eval_dtype)")
 
 
-def solve_per_row(func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor,
-                  atol: float, rtol: float, reverse: bool = False, max_num_steps: int = 1000,
+def solve_per_row(func: _RowFn, y0: torch.Tensor, atol: float, rtol: float,
+                  reverse: bool = False, max_num_steps: int = 1000,
                   nfe: torch.Tensor | None = None, max_rows: int | None = None) -> torch.Tensor:
     """Integrate ``dy/ds = func(s, y)`` row by row over ``s`` in [0, 1] (or [1, 0]).
 
-    ``func`` takes ``s`` as a column ``(n, 1)`` and ``y`` as ``(n, m)`` and must treat rows
-    independently. Each row keeps its own time, step size and error test (RMS over its own
-    components), so its result does not depend on the other rows. At most ``max_rows`` rows
-    (default: all) are integrated together: finished rows leave the batch and waiting rows take
-    their places, so that the calls of ``func`` stay near that size instead of trailing off with
-    the slowest rows. Raises :class:`~skflow.exceptions.SolverError` when a row needs more than
-    ``max_num_steps`` steps. If ``nfe`` (a tensor of ``n`` counts) is given, each row's
-    evaluations of ``func`` are added.
+    Each row keeps its own time, step size and error test (RMS over its own components), so its
+    result does not depend on the other rows. Finished rows leave the batch and waiting rows take
+    their places, so that the calls of ``func`` stay near ``max_rows`` rows instead of trailing
+    off with the slowest rows.
+
+    Parameters
+    ----------
+    func : callable
+        ``func(s, y)`` with ``s`` a column ``(n, 1)`` and ``y`` of shape ``(n, m)``; must treat
+        rows independently.
+    y0 : torch.Tensor of shape (n_rows, m)
+        The rows at the start.
+    atol, rtol : float
+        Tolerances of each row's error test.
+    reverse : bool, default=False
+        Integrate from ``s = 1`` back to 0.
+    max_num_steps : int, default=1000
+        Largest number of steps of a row.
+    nfe : torch.Tensor of shape (n_rows,), default=None
+        If given, each row's evaluations of ``func`` are added to it, in place.
+    max_rows : int, default=None
+        Most rows integrated together; all when None.
+
+    Returns
+    -------
+    torch.Tensor of shape (n_rows, m)
+        The rows at the end.
+
+    Raises
+    ------
+    SolverError
+        When a row needs more than ``max_num_steps`` steps, or its step size underflows.
 
     Examples
     --------

@@ -13,9 +13,18 @@ patch it on its own module, where the training code looks it up.
 """
 
 from .dask import fit_stream, sample_dask, score_dask
-from .torchrun import (WorldInfo, any_across_ranks, average_gradients, broadcast_object,
-                       broadcast_training_state, check_same_data, gather_values, setup,
-                       shard_rows, world_info)
+from .torchrun import (
+                       WorldInfo,
+                       any_across_ranks,
+                       average_gradients,
+                       broadcast_object,
+                       broadcast_training_state,
+                       check_same_data,
+                       gather_values,
+                       setup,
+                       shard_rows,
+                       world_info,
+)
 
 __all__ = ["WorldInfo", "world_info", "setup", "shard_rows", "average_gradients",
            "any_across_ranks", "gather_values", "broadcast_object", "check_same_data",

@@ -1,0 +1,208 @@
+"""The layers under the estimator: input map, training entry point, evaluator, fitted state."""
+
+import copy
+import pickle
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from skflow import FFJORDDensity
+from skflow.cnf.evaluation import Evaluator
+from skflow.cnf.flow import FlowSpec
+from skflow.exceptions import InconsistentVersionWarning, TrainingFaultWarning
+from skflow.preprocessing import InputMap
+from skflow.training import TrainingConfig, fit_flow
+
+from .conftest import FAST
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fn(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------- input map
+@pytest.mark.parametrize("kind", ["standardize", "quantile"])
+def test_input_map_inverts_and_its_log_det_is_the_jacobian(kind):
+    rng = np.random.RandomState(0)
+    X = np.c_[rng.lognormal(size=500), rng.normal(3.0, 0.01, size=500)]
+    input_map = InputMap(kind).fit(X)
+    x = X[::50]
+    Z, log_det = input_map.forward(x)
+    np.testing.assert_allclose(input_map.inverse(Z), x, rtol=1e-10)
+    # The map is per feature: log|det| is the sum of the log slopes, by central differences.
+    h = 1e-6 * np.abs(x).max(axis=0)
+    slopes = [(input_map.forward(x + h[j] * np.eye(2)[j])[0][:, j]
+               - input_map.forward(x - h[j] * np.eye(2)[j])[0][:, j]) / (2 * h[j])
+              for j in range(2)]
+    np.testing.assert_allclose(log_det, np.log(slopes).sum(axis=0), rtol=1e-5)
+    assert input_map.kind_ == kind and (input_map.quantile_ is not None) == (kind == "quantile")
+
+
+def test_input_map_names_constant_columns():
+    X = np.c_[np.arange(10.0), np.full(10, 3.0)]
+    with pytest.raises(ValueError, match="Column.*b.*constant"):
+        InputMap().fit(X, feature_names=["a", "b"])
+
+
+def test_score_is_the_flow_density_plus_the_input_maps_log_det(fitted_2d):
+    # The estimator's density is the flow's density of the mapped rows, plus the map's
+    # log-Jacobian: the flow itself never sees the units of X.
+    est, X = fitted_2d
+    Z, log_det = est.input_map_.forward(X[:20])
+    flow_part = Evaluator(est.flow_, est.eval_atol, est.eval_rtol).log_prob(Z)
+    np.testing.assert_allclose(est.score_samples(X[:20]), flow_part + log_det, atol=1e-9)
+
+
+# -------------------------------------------------------------------------------- training
+def test_fit_flow_leaves_the_given_flow_and_optimizer_state_untouched():
+    Z = np.random.RandomState(0).normal(size=(200, 2))
+    config = TrainingConfig(objective="flow_matching", max_iter=10, validation_interval=5)
+    first = fit_flow(FlowSpec(2, (8,)), Z, config, random_state=0)
+    flow, state = copy.deepcopy(first.flow), copy.deepcopy(first.optimizer_state)
+    second = fit_flow(first.flow, Z, config, random_state=1,
+                      optimizer_state=first.optimizer_state)
+    for a, b in zip(first.flow.state_dict().values(), flow.state_dict().values()):
+        assert torch.equal(a, b)
+    moments = [v["exp_avg"] for v in first.optimizer_state["state"].values()]
+    assert all(torch.equal(a, v["exp_avg"]) for a, v in zip(moments, state["state"].values()))
+    assert any(not torch.equal(a, b) for a, b in zip(second.flow.state_dict().values(),
+                                                     flow.state_dict().values()))
+
+
+def test_fit_flow_uses_the_configured_learning_rate_and_weight_decay():
+    Z = np.random.RandomState(0).normal(size=(200, 2))
+    config = TrainingConfig(objective="flow_matching", max_iter=4, validation_interval=4,
+                            learning_rate=0.02, weight_decay=0.3, cosine_decay=False)
+    result = fit_flow(FlowSpec(2, (8,)), Z, config, random_state=0)
+    assert result.history[-1]["learning_rate"] == pytest.approx(0.02)
+    assert all(group["weight_decay"] == 0.3 and group["lr"] == pytest.approx(0.02)
+               for group in result.optimizer_state["param_groups"])
+
+
+@pytest.mark.parametrize("training", ["likelihood", "flow_matching", "ot_flow_matching"])
+@pytest.mark.parametrize("learned", [True, False])
+def test_train_time_length_is_honoured_by_every_training_mode(training, learned):
+    X = np.random.RandomState(0).normal(size=(200, 2)) * [1.0, 3.0]
+    est = FFJORDDensity(**{**FAST, "training": training, "max_iter": 10, "solver": "rk4",
+                           "n_steps": 2, "train_time_length": learned, "time_length": 0.5,
+                           "learning_rate": 0.05, "n_iter_no_change": None})
+    _quiet(est.fit, X)
+    lengths = [float(block.time_length.detach()) for block in est.flow_.blocks]
+    assert all((abs(length - 0.5) > 1e-6) == learned for length in lengths), lengths
+
+
+def test_a_recovered_fault_warns_with_the_packages_own_category(monkeypatch):
+    from skflow import training
+    make, calls = training.make_objective, []
+
+    def nan_once(flow, config, generator):
+        objective = make(flow, config, generator)
+
+        def call(batch):
+            calls.append(1)
+            loss, reported = objective(batch)
+            return (loss * np.nan if len(calls) == 2 else loss), reported
+
+        call.nfe = 0
+        return call
+
+    monkeypatch.setattr(training, "make_objective", nan_once)
+    with pytest.warns(TrainingFaultWarning, match="non-finite loss at iteration 2"):
+        _quiet(FFJORDDensity(**{**FAST, "max_iter": 6, "validation_interval": 3}).fit,
+               np.random.RandomState(0).normal(size=(100, 2)))
+
+
+# ------------------------------------------------------------------------------- evaluator
+def test_the_evaluator_is_built_once_per_fitted_flow_and_settings(fitted_2d):
+    est, X = fitted_2d
+    est = copy.deepcopy(est)
+    attributes = dict(vars(est))
+    first = est._evaluator()
+    est.score_samples(X[:5])
+    assert est._evaluator() is first  # reused across calls
+    assert vars(est) == attributes  # scoring leaves the attributes as they were
+    est.set_params(eval_dtype="float64")
+    assert est._evaluator() is not first and est._evaluator().dtype == torch.float64
+    est.set_params(eval_dtype="float32")
+    assert est._evaluator() is first
+    _quiet(est.set_params(max_iter=5).fit, X)  # a new fit: a new flow, a new evaluator
+    assert est._evaluator() is not first
+
+
+def test_threads_scoring_one_estimator_at_once_agree_with_one_thread(fitted_2d):
+    # The frozen blocks' work arrays are kept per thread: threads sharing an estimator (as in
+    # a threading joblib backend) must not overwrite each other's intermediate results.
+    est, X = fitted_2d
+    chunks = [X[i::4] for i in range(4)]
+    expected = [est.score_samples(chunk) for chunk in chunks]
+    results = [None] * len(chunks)
+
+    def score(i):
+        for _ in range(3):
+            results[i] = est.score_samples(chunks[i])
+
+    threads = [threading.Thread(target=score, args=(i,)) for i in range(len(chunks))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+# --------------------------------------------------------------------------- fitted state
+def test_a_pickle_of_the_previous_format_fails_with_the_version_message(fitted_2d):
+    est, _ = fitted_2d
+    state = est.__getstate__()
+    state["_skflow_pickle_format"], state["_skflow_version"] = 2, "0.2.0"
+    with pytest.raises(ValueError, match=r"skflow 0\.2\.0 \(pickle format 2\).*skflow==0\.2\.0"):
+        FFJORDDensity.__new__(FFJORDDensity).__setstate__(state)
+
+
+def test_pickling_neither_changes_the_estimator_nor_keeps_its_evaluators(fitted_2d):
+    est, X = fitted_2d
+    est = copy.deepcopy(est)
+    est.score_samples(X[:3])
+    before = dict(vars(est))
+    loaded = pickle.loads(pickle.dumps(est))
+    assert vars(est) == before
+    assert loaded._evaluators == {}
+    np.testing.assert_array_equal(loaded.score_samples(X[:10]), est.score_samples(X[:10]))
+
+
+def test_a_compatible_version_warns_with_the_packages_own_category(fitted_2d, monkeypatch):
+    import skflow._state
+    est, _ = fitted_2d
+    monkeypatch.setattr(skflow._state, "__version__", "0.0.1")
+    blob = pickle.dumps(est)
+    monkeypatch.undo()
+    with pytest.warns(InconsistentVersionWarning, match="0.0.1"):
+        pickle.loads(blob)
+
+
+# ------------------------------------------------------------------------------ parameters
+def test_parameters_are_keyword_only():
+    with pytest.raises(TypeError):
+        FFJORDDensity((8,))
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), "auto"])
+def test_device_accepts_names_and_torch_devices(device):
+    X = np.random.RandomState(0).normal(size=(100, 2))
+    est = _quiet(FFJORDDensity(**{**FAST, "max_iter": 2, "device": device}).fit, X)
+    assert np.isfinite(est.score_samples(X[:3])).all()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+@pytest.mark.parametrize("device", ["cuda:1", torch.device("cuda", 0)])
+def test_a_cuda_device_without_cuda_is_refused_by_name(device):
+    est = FFJORDDensity(**{**FAST, "device": device})
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        est.fit(np.random.RandomState(0).normal(size=(50, 2)))
+    assert not hasattr(est, "flow_")
