@@ -13,7 +13,13 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, DensityMixin, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    DensityMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import TransformerTags, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -27,6 +33,7 @@ from .cnf.flow import FlowSpec
 from .cnf.layers import ACTIVATIONS
 from .cnf.objectives import OBJECTIVES
 from .cnf.solver import ADAPTIVE_METHODS, FIXED_GRID_METHODS, SolverConfig
+from .exceptions import ExtrapolationWarning
 from .preprocessing import InputMap
 
 __all__ = ["FFJORDDensity"]
@@ -39,9 +46,17 @@ _AUTO = {
 }
 
 
+# Rows farther than this from the training data's centre, in training standard deviations of
+# some mapped feature, are scored with a warning: the density there is an extrapolation.
+_FAR = 10.0
+
+
 def _check_hidden_dims(hidden_dims) -> tuple[int, ...]:
-    if isinstance(hidden_dims, (Integral, np.integer)):
-        hidden_dims = (hidden_dims,)
+    if isinstance(hidden_dims, (Integral, np.integer)) and not isinstance(hidden_dims, bool):
+        # An int is ambiguous: one layer of that width, or that many layers?
+        raise ValueError(
+            f"hidden_dims must be a tuple of layer widths, e.g. (64, 64, 64) for three hidden "
+            f"layers of 64; got the int {hidden_dims!r} (write ({hidden_dims},) for one layer).")
     try:
         dims = tuple(hidden_dims)
     except TypeError:
@@ -53,7 +68,8 @@ def _check_hidden_dims(hidden_dims) -> tuple[int, ...]:
     return tuple(int(w) for w in dims)
 
 
-class FFJORDDensity(VersionedPickleMixin, DensityMixin, TransformerMixin, BaseEstimator):
+class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, DensityMixin,
+                    TransformerMixin, BaseEstimator):
     """Density estimation with FFJORD, a free-form continuous normalizing flow.
 
     The data are mapped to standardized features (optionally through a per-feature quantile
@@ -73,8 +89,9 @@ class FFJORDDensity(VersionedPickleMixin, DensityMixin, TransformerMixin, BaseEs
     Parameters
     ----------
     hidden_dims : tuple of int, default=(64, 64, 64)
-        Widths of the hidden layers of the dynamics network. Time enters every layer
-        (concatsquash layers).
+        Widths of the hidden layers of the dynamics network; time enters every layer
+        (concatsquash layers). A bare int is refused as ambiguous: write ``(64,)`` for one
+        hidden layer of 64.
     preprocessing : {'auto', 'standardize', 'quantile'}, default='auto'
         The invertible map in front of the flow (:class:`skflow.preprocessing.InputMap`), with its
         exact log-Jacobian, always ending in per-feature standardization. ``'standardize'``: mean
@@ -218,7 +235,7 @@ class FFJORDDensity(VersionedPickleMixin, DensityMixin, TransformerMixin, BaseEs
     """
 
     _parameter_constraints = {
-        "hidden_dims": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "hidden_dims": ["array-like", Integral],
         "preprocessing": [StrOptions({"auto", "standardize", "quantile"})],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
@@ -328,8 +345,7 @@ class FFJORDDensity(VersionedPickleMixin, DensityMixin, TransformerMixin, BaseEs
         """Validate ``X``, train, and set the fitted attributes once training has succeeded."""
         first = not hasattr(self, "flow_") or not (partial or self.warm_start)
         # 'numeric' refuses arrays of strings; C order makes the fit independent of the layout.
-        X = np.asarray(validate_data(self, X, reset=first, dtype="numeric", order="C",
-                                     ensure_min_samples=2), dtype=np.float64)
+        X = self._validate_rows(X, reset=first, ensure_min_samples=2)
         spec = FlowSpec(X.shape[1], _check_hidden_dims(self.hidden_dims), self.activation,
                         self.n_blocks, self.time_length, self.train_time_length)
         if first:
@@ -400,14 +416,43 @@ class FFJORDDensity(VersionedPickleMixin, DensityMixin, TransformerMixin, BaseEs
             self._evaluators[key] = (self.flow_, evaluator)
         return evaluator
 
+    def _validate_rows(self, X, reset=False, ensure_min_samples=1):
+        """``X`` as a float64 array of finite rows, with a message written for a density."""
+        # 'numeric' refuses arrays of strings; C order makes a fit independent of the layout.
+        X = np.asarray(validate_data(self, X, reset=reset, dtype="numeric", order="C",
+                                     ensure_min_samples=ensure_min_samples,
+                                     ensure_all_finite=False), dtype=np.float64)
+        finite = np.isfinite(X)
+        if not finite.all():
+            what = " or ".join(name for name, present in (
+                ("NaN", np.isnan(X).any()), ("infinity", np.isinf(X).any())) if present)
+            rows = np.flatnonzero(~finite.all(axis=1))
+            raise ValueError(
+                f"Input X contains {what} in {len(rows)} row(s) (the first is row {rows[0]}): a "
+                "density is defined for complete, finite rows only. Drop those rows, or fill "
+                "the missing values first (e.g. sklearn.impute.SimpleImputer in a Pipeline).")
+        return X
+
     def _check_input(self, X):
         check_is_fitted(self)
-        return np.asarray(validate_data(self, X, reset=False, dtype="numeric"), dtype=np.float64)
+        return self._validate_rows(X)
 
     def _flow_space(self, X):
-        """``(Z, log_det)``: the checked rows of ``X`` through the input map."""
-        X = self._check_input(X)
-        return self.input_map_.forward(X)
+        """``(Z, log_det)``: the checked rows of ``X`` through the input map; a warning when
+        some lie far outside the training data."""
+        X = self._check_input(X)  # first: it says when the estimator is not fitted
+        Z, log_det = self.input_map_.forward(X)
+        far = int((np.abs(Z) > _FAR).any(axis=1).sum()) if Z.size else 0
+        if far:
+            warnings.warn(
+                f"{far} of {len(Z)} row(s) lie more than {_FAR:.0f} training standard deviations "
+                "outside the training data in some feature: their density is an extrapolation.",
+                ExtrapolationWarning, stacklevel=3)
+        return Z, log_det
+
+    @property
+    def _n_features_out(self) -> int:  # names of transform's latent columns
+        return self.n_features_in_
 
     def score_samples(self, X) -> np.ndarray:
         """Log density of each row of ``X``, in the units of ``X`` (float64, shape
@@ -435,7 +480,7 @@ class FFJORDDensity(VersionedPickleMixin, DensityMixin, TransformerMixin, BaseEs
 
     def inverse_transform(self, Z) -> np.ndarray:
         """Data-space points of the latent coordinates ``Z`` (the flow integrated backwards)."""
-        Z = self._check_input(Z)
+        Z = self._check_input(Z)  # latent rows: no extrapolation warning
         return self.input_map_.inverse(self._evaluator().from_latent(Z))
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:

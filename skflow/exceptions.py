@@ -5,7 +5,7 @@ scikit-learn's own classes are used where they say the same thing: ``NotFittedEr
 """
 
 __all__ = ["SolverError", "TrainingDivergedError", "TrainingFaultWarning",
-           "FitInterruptedWarning", "InconsistentVersionWarning"]
+           "FitInterruptedWarning", "InconsistentVersionWarning", "ExtrapolationWarning"]
 
 
 class SolverError(RuntimeError):
@@ -50,6 +50,18 @@ class FitInterruptedWarning(RuntimeWarning):
     --------
     >>> from skflow.exceptions import FitInterruptedWarning
     >>> issubclass(FitInterruptedWarning, RuntimeWarning)
+    True
+    """
+
+
+class ExtrapolationWarning(UserWarning):
+    """Scored rows lie far outside the training data, where the density is an extrapolation
+    (a point scored -3e6 may be no more than far away).
+
+    Examples
+    --------
+    >>> from skflow.exceptions import ExtrapolationWarning
+    >>> issubclass(ExtrapolationWarning, UserWarning)
     True
     """
 

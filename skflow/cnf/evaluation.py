@@ -20,7 +20,7 @@ from .solver import solve_per_row
 __all__ = ["Evaluator"]
 
 # What the evaluator takes: a numpy array (copied to the device chunk by chunk) or a tensor.
-_Rows = np.ndarray | torch.Tensor
+_ArrayOrTensor = np.ndarray | torch.Tensor
 
 
 class Evaluator:
@@ -92,7 +92,7 @@ class Evaluator:
             return min(8192, max(64, 2 ** 21 // tangent_bytes))
         return max(256, 2 ** 26 // tangent_bytes)
 
-    def _chunks(self, Z: _Rows) -> Iterator[torch.Tensor]:
+    def _chunks(self, Z: _ArrayOrTensor) -> Iterator[torch.Tensor]:
         # The solver keeps chunk_rows rows in flight and refills its batch as rows finish; the
         # input chunks only bound the memory of the copies (a numpy input may be read-only or a
         # memory map: each chunk is copied).
@@ -104,7 +104,7 @@ class Evaluator:
             else:
                 yield torch.tensor(np.asarray(chunk), dtype=self.dtype, device=self.device)
 
-    def _gather(self, Z: _Rows, evaluate: Callable[[torch.Tensor], torch.Tensor],
+    def _gather(self, Z: _ArrayOrTensor, evaluate: Callable[[torch.Tensor], torch.Tensor],
                 width: int | None) -> np.ndarray:
         shape = (Z.shape[0],) if width is None else (Z.shape[0], width)
         with torch.no_grad():
@@ -120,7 +120,7 @@ class Evaluator:
         log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         for frozen in self.blocks:
 
-            def func(s: torch.Tensor, y: torch.Tensor, frozen=frozen) -> torch.Tensor:
+            def func(s, y, frozen=frozen):
                 velocity, div = frozen.velocity_and_divergence(s, y[:, :-1])
                 return torch.cat([velocity, div[:, None]], dim=1)
 
@@ -139,11 +139,11 @@ class Evaluator:
             z = self._solve(frozen.velocity, z, reverse=True)
         return z
 
-    def log_prob(self, Z: _Rows) -> np.ndarray:
+    def log_prob(self, Z: _ArrayOrTensor) -> np.ndarray:
         """Log density of each row of ``Z`` (flow space) under the flow: shape ``(n,)``."""
         return self._gather(Z, self._log_prob_chunk, None)
 
-    def nfe(self, Z: _Rows) -> np.ndarray:
+    def nfe(self, Z: _ArrayOrTensor) -> np.ndarray:
         """Dynamics evaluations that each row of ``Z`` needs for :meth:`log_prob`, all blocks."""
 
         def count(chunk: torch.Tensor) -> torch.Tensor:
@@ -153,10 +153,10 @@ class Evaluator:
 
         return self._gather(Z, count, None).astype(np.int64)
 
-    def to_latent(self, Z: _Rows) -> np.ndarray:
+    def to_latent(self, Z: _ArrayOrTensor) -> np.ndarray:
         """Flow space to latent, every block integrated forward: shape ``(n, d)``."""
         return self._gather(Z, self._to_latent_chunk, Z.shape[1])
 
-    def from_latent(self, Z: _Rows) -> np.ndarray:
+    def from_latent(self, Z: _ArrayOrTensor) -> np.ndarray:
         """Latent to flow space, every block integrated backward: shape ``(n, d)``."""
         return self._gather(Z, self._from_latent_chunk, Z.shape[1])

@@ -46,6 +46,7 @@ class CNFBlock(nn.Module):
     --------
     >>> import torch
     >>> from skflow.cnf.flow import CNFBlock
+    >>> _ = torch.manual_seed(0)
     >>> block = CNFBlock(2, (8,), "silu", time_length=4.0, train_time_length=True)
     >>> block.time_length.item(), block.sqrt_time_length.requires_grad
     (4.0, True)
@@ -97,6 +98,7 @@ class AugmentedDynamics(nn.Module):
     --------
     >>> import torch
     >>> from skflow.cnf.flow import AugmentedDynamics, CNFBlock
+    >>> _ = torch.manual_seed(0)
     >>> block = CNFBlock(2, (8,), "tanh", time_length=1.0, train_time_length=False)
     >>> dynamics = AugmentedDynamics(block, "exact", ("kinetic_energy",))
     >>> state = (torch.randn(5, 2), torch.zeros(5), torch.zeros(5))
@@ -244,11 +246,12 @@ class ContinuousFlow(nn.Module):
     def training_log_prob(self, z: torch.Tensor, config: SolverConfig,
                           dynamics: list[AugmentedDynamics], noise: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Log density of the mapped rows ``z`` (a tensor ``(n, d)``), batch-shared solver steps.
+        """Log density of the mapped rows ``z``, shape ``(n, d)``, with batch-shared solver steps.
 
         ``dynamics`` is the list from :meth:`training_dynamics` (kept by the caller, which reads
-        their NFE counters after the backward pass too). Returns ``(log_prob, penalties)`` where
-        ``penalties`` maps each regularizer to its per-row integral summed over blocks.
+        their NFE counters after the backward pass too); ``noise`` is the Hutchinson probe, None
+        with the exact divergence. Returns ``(log_prob, penalties)`` where ``penalties`` maps
+        each regularizer to its per-row integral summed over blocks.
         """
         regularizers = dynamics[0].regularizers
         log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)

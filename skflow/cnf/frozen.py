@@ -43,7 +43,7 @@ class FrozenBlock:
     ----------
     block : CNFBlock
         The block whose current weights are prepared, on the device and in the dtype of the
-        solves.
+        solves; :meth:`~skflow.cnf.flow.CNFBlock.frozen` builds it without autograd.
 
     Examples
     --------

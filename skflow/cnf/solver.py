@@ -27,7 +27,6 @@ __all__ = ["ADAPTIVE_METHODS", "FIXED_GRID_METHODS", "SolverConfig", "integrate"
 _RowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # The torchdiffeq methods that the training solves accept.
-
 FIXED_GRID_METHODS = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 
@@ -273,15 +272,12 @@ def solve_per_row(func: _RowFn, y0: torch.Tensor, atol: float, rtol: float,
     """Integrate ``dy/ds = func(s, y)`` row by row over ``s`` in [0, 1] (or [1, 0]).
 
     Each row keeps its own time, step size and error test (RMS over its own components), so its
-    result does not depend on the other rows. Finished rows leave the batch and waiting rows take
-    their places, so that the calls of ``func`` stay near ``max_rows`` rows instead of trailing
-    off with the slowest rows.
+    result does not depend on the other rows.
 
     Parameters
     ----------
     func : callable
-        ``func(s, y)`` with ``s`` a column ``(n, 1)`` and ``y`` of shape ``(n, m)``; must treat
-        rows independently.
+        ``func(s, y)``, ``s`` a column ``(n, 1)``, ``y`` ``(n, m)``; must treat rows independently.
     y0 : torch.Tensor of shape (n_rows, m)
         The rows at the start.
     atol, rtol : float
@@ -293,7 +289,8 @@ def solve_per_row(func: _RowFn, y0: torch.Tensor, atol: float, rtol: float,
     nfe : torch.Tensor of shape (n_rows,), default=None
         If given, each row's evaluations of ``func`` are added to it, in place.
     max_rows : int, default=None
-        Most rows integrated together; all when None.
+        Most rows integrated together, all when None. Finished rows leave the batch and waiting
+        rows take their places, so the calls of ``func`` do not trail off with the slowest rows.
 
     Returns
     -------
