@@ -179,6 +179,12 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         Where to train and evaluate: ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a
         :class:`torch.device`; ``'auto'`` picks CUDA when available. Resolved in ``fit`` (and
         in each evaluation), so a fitted model moves between machines.
+    n_threads : int or None, default=None
+        torch's intra-op threads while fitting and evaluating; the caller's setting is restored
+        afterwards. None: one thread for networks this small (a 64-wide network on batches of
+        1,024 rows gains little from more, and loses badly when other programs or the other
+        fits of a grid search keep the cores busy), torch's current count (which follows
+        ``OMP_NUM_THREADS`` and ``threadpoolctl`` limits) for large ones.
     verbose : int, default=0
         0 silent, 1 a progress bar (tqdm), 2 a line per validation.
     random_state : int, RandomState instance or None, default=None
@@ -264,6 +270,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         "validation_interval": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "warm_start": ["boolean"],
         "device": [str, torch.device],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
     }
@@ -276,7 +283,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         adjoint=True, kinetic_energy=0.0, jacobian_frobenius=0.0, learning_rate="auto",
         weight_decay=1e-5, batch_size=1024, max_iter="auto", validation_fraction=0.1,
         n_iter_no_change=10, validation_interval="auto", warm_start=False, device="auto",
-        verbose=0, random_state=None,
+        n_threads=None, verbose=0, random_state=None,
     ):
         self.hidden_dims = hidden_dims
         self.preprocessing = preprocessing
@@ -307,6 +314,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         self.validation_interval = validation_interval
         self.warm_start = warm_start
         self.device = device
+        self.n_threads = n_threads
         self.verbose = verbose
         self.random_state = random_state
 
@@ -342,7 +350,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         return self
 
     def _fit(self, X, partial):
-        """Validate ``X``, train, and set the fitted attributes once training has succeeded."""
+        """Validate ``X``, train, and set the fitted attributes once training has succeeded;
+        returns the validated rows and the training result."""
         first = not hasattr(self, "flow_") or not (partial or self.warm_start)
         # 'numeric' refuses arrays of strings; C order makes the fit independent of the layout.
         X = self._validate_rows(X, reset=first, ensure_min_samples=2)
@@ -358,7 +367,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         config = self._training_config(X.shape[0] if partial else None)
         result = training.fit_flow(flow, input_map.forward(X)[0], config,
                                    check_random_state(self.random_state),
-                                   resolve_device(self.device), optimizer_state, n_iter)
+                                   resolve_device(self.device), optimizer_state, n_iter,
+                                   n_threads=self.n_threads)
         self.input_map_, self.preprocessing_, self.flow_ = input_map, input_map.kind_, result.flow
         self._optimizer_state_, self._evaluators = result.optimizer_state, {}
         self.n_iter_, self.history_ = n_iter + result.n_iter, history + result.history
@@ -370,6 +380,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
                 f"{type(self).__name__} stopped at max_iter={config.max_iter} before the "
                 "validation loss stopped improving; increase max_iter for a better fit.",
                 ConvergenceWarning, stacklevel=2)
+        return X, result
 
     def _resolved(self, name):
         value = getattr(self, name)
@@ -408,11 +419,13 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         attributes as they were)."""
         check_is_fitted(self)
         device = resolve_device(self.device)
-        key = (str(device), self.eval_dtype, self.eval_atol, self.eval_rtol, self.max_num_steps)
+        key = (str(device), self.eval_dtype, self.eval_atol, self.eval_rtol, self.max_num_steps,
+               self.n_threads)
         flow, evaluator = self._evaluators.get(key, (None, None))
         if flow is not self.flow_:  # none yet, or one of a flow that a failed fit replaced
             evaluator = Evaluator(self.flow_, self.eval_atol, self.eval_rtol, self.max_num_steps,
-                                  dtype=getattr(torch, self.eval_dtype), device=device)
+                                  dtype=getattr(torch, self.eval_dtype), device=device,
+                                  n_threads=self.n_threads)
             self._evaluators[key] = (self.flow_, evaluator)
         return evaluator
 
@@ -437,13 +450,12 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         check_is_fitted(self)
         return self._validate_rows(X)
 
-    def _flow_space(self, X):
-        """``(Z, log_det)``: the checked rows of ``X`` through the input map; a warning when
+    def _flow_space(self, X, warn=True):
+        """``(Z, log_det)``: the validated rows ``X`` through the input map; a warning when
         some lie far outside the training data."""
-        X = self._check_input(X)  # first: it says when the estimator is not fitted
         Z, log_det = self.input_map_.forward(X)
         far = int((np.abs(Z) > _FAR).any(axis=1).sum()) if Z.size else 0
-        if far:
+        if far and warn:
             warnings.warn(
                 f"{far} of {len(Z)} row(s) lie more than {_FAR:.0f} training standard deviations "
                 "outside the training data in some feature: their density is an extrapolation.",
@@ -454,11 +466,15 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     def _n_features_out(self) -> int:  # names of transform's latent columns
         return self.n_features_in_
 
+    def _log_density(self, X, warn=True):
+        """Log density of the validated rows ``X``."""
+        Z, log_det = self._flow_space(X, warn)
+        return self._evaluator().log_prob(Z) + log_det
+
     def score_samples(self, X) -> np.ndarray:
         """Log density of each row of ``X``, in the units of ``X`` (float64, shape
         (n_samples,))."""
-        Z, log_det = self._flow_space(X)
-        return self._evaluator().log_prob(Z) + log_det
+        return self._log_density(self._check_input(X))
 
     def score(self, X, y=None) -> float:
         """Mean log-likelihood per row of ``X`` (as :class:`~sklearn.mixture.GaussianMixture`).
@@ -472,11 +488,11 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         """Dynamics evaluations that ``score_samples`` needs for each row of ``X``, summed over
         blocks: regularized or simulation-free training gives straighter flows that need
         fewer."""
-        return self._evaluator().nfe(self._flow_space(X)[0])
+        return self._evaluator().nfe(self._flow_space(self._check_input(X))[0])
 
     def transform(self, X) -> np.ndarray:
         """Latent coordinates of ``X``, where the model is a standard normal."""
-        return self._evaluator().to_latent(self._flow_space(X)[0])
+        return self._evaluator().to_latent(self._flow_space(self._check_input(X))[0])
 
     def inverse_transform(self, Z) -> np.ndarray:
         """Data-space points of the latent coordinates ``Z`` (the flow integrated backwards)."""

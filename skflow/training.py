@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from ._threads import intra_op_threads, torch_threads
 from .cnf.evaluation import Evaluator
 from .cnf.flow import ContinuousFlow, FlowSpec
 from .cnf.objectives import make_objective
@@ -79,8 +80,9 @@ class TrainingResult:
     """What :func:`fit_flow` returns: the fitted float64 flow (on the CPU) and its record.
 
     ``history`` has one entry per validation (see ``FFJORDDensity.history_``);
-    ``best_validation_loss`` is in nats per row, flow space; ``world_size`` counts the ranks
-    that trained together.
+    ``best_validation_loss`` is in nats per row, flow space; ``validation_rows`` are the indices
+    of the rows held out from training (None when the training rows were validated);
+    ``world_size`` counts the ranks that trained together.
     """
 
     flow: ContinuousFlow
@@ -92,19 +94,22 @@ class TrainingResult:
     interrupted: bool
     device: str
     world_size: int
+    validation_rows: np.ndarray | None = None
 
 
 def fit_flow(flow: ContinuousFlow | FlowSpec, Z: np.ndarray, config: TrainingConfig,
              random_state: int | np.random.RandomState | None = None,
              device: str | torch.device = "cpu", optimizer_state: dict | None = None,
-             n_iter_start: int = 0) -> TrainingResult:
+             n_iter_start: int = 0, n_threads: int | None = None) -> TrainingResult:
     """Fit a flow to the rows ``Z`` (flow space, float64) and return the result.
 
     ``flow`` is the flow to continue training (it is not modified) or the :class:`FlowSpec` of
     a new one, built from the run's seed, so that ``random_state`` alone decides the fit.
     ``optimizer_state`` continues Adam's moments (with ``config``'s learning rate and weight
-    decay). A run that cannot recover from its faults raises
-    :class:`~skflow.exceptions.TrainingDivergedError`; Ctrl-C stops it with the best weights.
+    decay). ``n_threads``: torch's intra-op threads while training (None: one for small
+    networks, else torch's current count; the caller's count is restored). A run that cannot
+    recover from its faults raises :class:`~skflow.exceptions.TrainingDivergedError`; Ctrl-C
+    stops it with the best weights.
 
     Examples
     --------
@@ -126,29 +131,33 @@ def fit_flow(flow: ContinuousFlow | FlowSpec, Z: np.ndarray, config: TrainingCon
     # The flow is kept in float64 on the CPU; training runs on a float32 copy on the device.
     working = copy.deepcopy(master).to(device=device, dtype=torch.float32)
     optimizer = _make_optimizer(working, config, optimizer_state)
-    Z_train, Z_val = (torch.tensor(torchrun.shard_rows(part), dtype=torch.float32, device=device)
-                      for part in _split(Z, config.validation_fraction, rng))
+    train_rows, val_rows = _split(Z.shape[0], config.validation_fraction, rng)
+    Z_train, Z_val = (torch.tensor(torchrun.shard_rows(Z[rows]), dtype=torch.float32,
+                                   device=device) for rows in (train_rows, val_rows))
     generator = torch.Generator(device=device).manual_seed(seed + world.rank)
     # Each rank its shard of the rows: the global minibatch stays batch_size.
     batches = _minibatches(Z_train, max(1, config.batch_size // world.size), generator)
     run = _Run(working, optimizer, config, generator, n_iter_start)
-    run.train(batches, Z_val)
+    width = max(layer.linear.out_features for layer in master.blocks[0].net.layers)
+    with torch_threads(intra_op_threads(n_threads, min(config.batch_size, len(Z)), width)):
+        run.train(batches, Z_val)
     torchrun.broadcast_training_state(working, optimizer)  # every rank ends with rank 0's
     master.load_state_dict(working.state_dict())  # casts back to float64
     return TrainingResult(
         flow=master, optimizer_state=_to_cpu(optimizer.state_dict()), n_iter=run.iteration,
         history=run.history, best_validation_loss=run.best_loss,
         stopped_early=run.stopped_early, interrupted=run.interrupted, device=str(device),
-        world_size=world.size)
+        world_size=world.size, validation_rows=val_rows if len(train_rows) < len(Z) else None)
 
 
-def _split(Z, validation_fraction, rng):
-    """Training and validation rows; without a split, up to 2048 training rows validate."""
-    n_val = int(round(validation_fraction * Z.shape[0]))
-    order = rng.permutation(Z.shape[0])
-    if 0 < n_val < Z.shape[0]:
-        return Z[order[n_val:]], Z[order[:n_val]]
-    return Z, Z[order[:2048]]
+def _split(n_rows, validation_fraction, rng):
+    """Indices of the training and validation rows; without a split, up to 2048 training rows
+    validate."""
+    n_val = int(round(validation_fraction * n_rows))
+    order = rng.permutation(n_rows)
+    if 0 < n_val < n_rows:
+        return order[n_val:], order[:n_val]
+    return np.arange(n_rows), order[:2048]
 
 
 def _make_optimizer(flow, config, state):
@@ -186,7 +195,8 @@ def validation_loss(flow: ContinuousFlow, Z_val: torch.Tensor, config: TrainingC
     """
     dtype = next(flow.parameters()).dtype
     evaluator = Evaluator(flow, config.validation_atol, config.validation_rtol,
-                          config.max_num_steps, dtype=dtype, device=Z_val.device)
+                          config.max_num_steps, dtype=dtype, device=Z_val.device,
+                          n_threads=torch.get_num_threads())  # as many as training uses
     return -float(evaluator.log_prob(Z_val).mean())
 
 

@@ -206,3 +206,54 @@ def test_a_cuda_device_without_cuda_is_refused_by_name(device):
     with pytest.raises(ValueError, match="CUDA is not available"):
         est.fit(np.random.RandomState(0).normal(size=(50, 2)))
     assert not hasattr(est, "flow_")
+
+
+# --------------------------------------------------------------------------------- threads
+def _threads_seen(monkeypatch):
+    """Records torch's thread count at every training step and every evaluation."""
+    from skflow import training
+    from skflow.cnf.frozen import FrozenBlock
+    seen = {"training": set(), "evaluation": set()}
+    make, velocity = training.make_objective, FrozenBlock.velocity_and_divergence
+
+    def counting_make(flow, config, generator):
+        objective = make(flow, config, generator)
+
+        def call(batch):
+            seen["training"].add(torch.get_num_threads())
+            return objective(batch)
+
+        call.nfe = 0
+        return call
+
+    def counting_velocity(self, s, z):
+        seen["evaluation"].add(torch.get_num_threads())
+        return velocity(self, s, z)
+
+    monkeypatch.setattr(training, "make_objective", counting_make)
+    monkeypatch.setattr(FrozenBlock, "velocity_and_divergence", counting_velocity)
+    return seen
+
+
+@pytest.mark.parametrize("n_threads, expected", [(None, 1), (2, 2)])
+def test_threads_follow_the_parameter_and_the_callers_count_is_restored(monkeypatch, n_threads,
+                                                                        expected):
+    seen = _threads_seen(monkeypatch)
+    X = np.random.RandomState(0).normal(size=(100, 2))
+    before = torch.get_num_threads()
+    est = _quiet(FFJORDDensity(**{**FAST, "max_iter": 4, "n_threads": n_threads}).fit, X)
+    est.score_samples(X[:5])
+    assert seen == {"training": {expected}, "evaluation": {expected}}
+    assert torch.get_num_threads() == before
+
+
+def test_large_networks_use_the_threads_torch_has_within_threadpoolctl_limits():
+    from threadpoolctl import threadpool_limits
+
+    from skflow._threads import intra_op_threads
+    before = torch.get_num_threads()
+    assert intra_op_threads(None, 1024, 64) == 1  # the default network: one thread
+    assert intra_op_threads(None, 4096, 256) == before
+    assert intra_op_threads(3, 1024, 64) == 3
+    with threadpool_limits(1):  # a limit the caller set is honoured
+        assert intra_op_threads(None, 4096, 256) == 1

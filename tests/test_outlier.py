@@ -23,9 +23,19 @@ def _fast(**kw):
                                  random_state=0, **kw)
 
 
+def expected_failures(detector):
+    """float32 rounding, and the two checks that the share flagged among the training rows is
+    contamination, which a threshold calibrated on held-out rows does not promise."""
+    failures = float32_rounding(detector)
+    if detector.calibration == "held_out":
+        reason = "the threshold is calibrated on held-out rows, not on the training rows"
+        failures.update(check_outliers_train=reason, check_outliers_fit_predict=reason)
+    return failures
+
+
 # The outlier checks set contamination=0.1 themselves.
-@parametrize_with_checks([_fast(), _fast(eval_dtype="float64")],
-                         expected_failed_checks=float32_rounding)
+@parametrize_with_checks([_fast(), _fast(eval_dtype="float64", calibration="training")],
+                         expected_failed_checks=expected_failures)
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         # Five optimizer steps do not converge, and are not meant to.
@@ -47,18 +57,19 @@ def _detector(**kw):
 def test_signature_repeats_every_density_parameter_with_its_default():
     density = inspect.signature(FFJORDDensity.__init__).parameters
     detector = inspect.signature(FFJORDOutlierDetector.__init__).parameters
-    assert list(detector)[:-1] == list(density)
+    assert list(detector)[:-2] == list(density)
     for name, parameter in density.items():
         if name != "preprocessing":  # chosen separately for ranking anomalies
             assert detector[name].default == parameter.default, name
     assert detector["preprocessing"].default == "standardize"
     assert detector["contamination"].default == "auto"
+    assert detector["calibration"].default == "held_out"
     assert FFJORDOutlierDetector().get_params()["contamination"] == "auto"
 
 
 @pytest.mark.parametrize("contamination", [0.05, 0.1, 0.25])
 def test_contamination_is_the_share_flagged_on_the_training_rows(blob, contamination):
-    det = _detector(contamination=contamination).fit(blob)
+    det = _detector(contamination=contamination, calibration="training").fit(blob)
     scores = det.score_samples(blob)
     assert det.offset_ == pytest.approx(np.percentile(scores, 100 * contamination))
     labels = det.predict(blob)
@@ -68,7 +79,7 @@ def test_contamination_is_the_share_flagged_on_the_training_rows(blob, contamina
 
 
 def test_auto_threshold_is_the_first_percentile_of_the_training_log_densities(blob):
-    det = _detector().fit(blob)
+    det = _detector(calibration="training").fit(blob)
     assert AUTO_CONTAMINATION == 0.01
     assert det.offset_ == pytest.approx(np.percentile(det.score_samples(blob), 1.0))
     assert (det.predict(blob) == -1).sum() == 4  # 1% of 400
@@ -97,10 +108,14 @@ def test_detects_injected_outliers():
 
 
 def test_fit_predict_equals_fit_then_predict(blob):
-    det = _detector(contamination=0.1)
+    det = _detector(contamination=0.1, calibration="training")
     labels = det.fit_predict(blob)
-    np.testing.assert_array_equal(labels, _detector(contamination=0.1).fit(blob).predict(blob))
+    refit = _detector(contamination=0.1, calibration="training").fit(blob)
+    np.testing.assert_array_equal(labels, refit.predict(blob))
     assert (labels == -1).sum() == 40
+    held_out = _detector(contamination=0.1)  # the default calibration: the same equality
+    np.testing.assert_array_equal(held_out.fit_predict(blob),
+                                  _detector(contamination=0.1).fit(blob).predict(blob))
 
 
 @pytest.mark.parametrize("bad", [0.0, 0.6, -0.1, "most", None])
@@ -117,8 +132,8 @@ def test_unfitted_detector_refuses_to_predict(blob):
 
 def test_failed_threshold_leaves_a_fresh_detector_unfitted(blob, monkeypatch):
     det = _detector()
-    monkeypatch.setattr(FFJORDOutlierDetector, "score_samples",
-                        lambda self, X: np.full(len(X), np.nan))
+    monkeypatch.setattr(FFJORDOutlierDetector, "_log_density",  # what the threshold scores
+                        lambda self, X, warn=True: np.full(len(X), np.nan))
     with pytest.raises(FloatingPointError, match="threshold"):
         det.fit(blob)
     assert not [k for k in vars(det) if k.endswith("_") or k.startswith("_o")]
@@ -132,11 +147,11 @@ def test_failed_refit_leaves_the_fitted_detector_untouched(blob, monkeypatch):
     with pytest.raises(ValueError, match="constant"):  # training fails
         det.fit(np.c_[blob, np.ones(len(blob))])
 
-    def broken(self, X):
+    def broken(self, X, warn=True):
         raise RuntimeError("scoring failed")
 
     with monkeypatch.context() as patch:  # training succeeds, the threshold fails
-        patch.setattr(FFJORDOutlierDetector, "score_samples", broken)
+        patch.setattr(FFJORDOutlierDetector, "_log_density", broken)
         with pytest.raises(RuntimeError, match="scoring failed"):
             det.set_params(max_iter=3).fit(blob[:200] * 3)
     assert (det.offset_, det.n_iter_) == before[1:]
@@ -169,3 +184,19 @@ def test_detector_standardizes_where_the_density_gaussianizes_marginals():
     small = dict(hidden_dims=(8,), max_iter=5, validation_interval=5, random_state=0)
     assert FFJORDOutlierDetector(**small).fit(X).preprocessing_ == "standardize"
     assert FFJORDDensity(**small).fit(X).preprocessing_ == "quantile"
+
+
+def test_held_out_calibration_flags_about_contamination_of_new_inliers():
+    # A flexible flow scores its training rows higher than new rows from the same density: a
+    # threshold from the training rows flags several times the contamination among new rows,
+    # one from the held-out rows about the contamination.
+    rng = np.random.RandomState(0)
+    X, X_new = rng.standard_t(3, size=(1200, 4)), rng.standard_t(3, size=(20000, 4))
+    params = dict(hidden_dims=(128, 128), max_iter=600, validation_interval=100,
+                  learning_rate=1e-2, validation_fraction=0.3, n_iter_no_change=None,
+                  contamination=0.05, random_state=0)
+    flagged = {calibration: (FFJORDOutlierDetector(**params, calibration=calibration).fit(X)
+                             .predict(X_new) == -1).mean()
+               for calibration in ("held_out", "training")}
+    assert 0.05 / 1.5 < flagged["held_out"] < 0.05 * 1.5
+    assert flagged["training"] > flagged["held_out"]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from .._threads import intra_op_threads, torch_threads
 from .flow import ContinuousFlow, standard_normal_log_prob
 from .solver import solve_per_row
 
@@ -42,6 +43,9 @@ class Evaluator:
         Precision of the solves.
     device : str or torch.device, default='cpu'
         Where the solves run.
+    n_threads : int or None, default=None
+        torch's intra-op threads during a call (the caller's count is restored after it); None:
+        one for small networks, else torch's current count (see :mod:`skflow._threads`).
 
     Attributes
     ----------
@@ -68,13 +72,14 @@ class Evaluator:
 
     def __init__(self, flow: ContinuousFlow, atol: float = 1e-6, rtol: float = 1e-6,
                  max_num_steps: int = 1000, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", n_threads: int | None = None) -> None:
         self.atol, self.rtol, self.max_num_steps = atol, rtol, max_num_steps
         self.dtype, self.device = dtype, torch.device(device)
         blocks = copy.deepcopy(flow.blocks).to(device=self.device, dtype=dtype)
         self.blocks = [block.frozen() for block in blocks]
         width = max(layer.linear.out_features for layer in blocks[0].net.layers)
         self.chunk_rows = self.rows_in_flight(flow.n_features, width, dtype, self.device)
+        self.threads = intra_op_threads(n_threads, self.chunk_rows, width)
 
     @staticmethod
     def rows_in_flight(n_features: int, width: int, dtype: torch.dtype,
@@ -107,7 +112,7 @@ class Evaluator:
     def _gather(self, Z: _ArrayOrTensor, evaluate: Callable[[torch.Tensor], torch.Tensor],
                 width: int | None) -> np.ndarray:
         shape = (Z.shape[0],) if width is None else (Z.shape[0], width)
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(self.threads):
             parts = [evaluate(chunk).cpu().double() for chunk in self._chunks(Z)]
         return torch.cat(parts).numpy() if parts else np.empty(shape)
 
