@@ -2,6 +2,7 @@
 
 import os
 import platform
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +51,10 @@ def markdown_table(rows, columns):
 
 
 def save(name, title, sections, command):
-    """Print and write ``results/<name>.md``: a title, the command, the machine, and tables."""
+    """Print and write ``results/<name>.md``: a title, the command, the machine, and tables.
+    A data home in the command is written as ``DATA_HOME``: no saved output names a path of
+    the machine it ran on."""
+    command = re.sub(r"(--data-home[ =])\S+", r"\1DATA_HOME", command)
     text = [f"# {title}", "", f"Command: `{command}`", "", f"Machine: {machine()}", ""]
     for heading, table in sections:
         text += [f"## {heading}", "", table, ""]

@@ -51,6 +51,20 @@ _AUTO = {
 _FAR = 10.0
 
 
+def _recent_gain(history, share=0.01):
+    """How much the validation loss fell over the last fifth of the validations, when that is
+    more than ``share`` of its whole fall since the first validation (training stopped while
+    still clearly improving); else None. A run whose loss is merely settling (at the end of the
+    learning-rate decay) still improves a little: that is no reason to warn."""
+    losses = [entry["val_loss"] for entry in history]
+    if len(losses) < 2:
+        return None
+    window = max(1, len(losses) // 5)
+    gain = losses[-window - 1] - min(losses[-window:])
+    total = losses[0] - min(losses)
+    return gain if gain > 1e-3 and gain > share * total else None
+
+
 def _check_hidden_dims(hidden_dims) -> tuple[int, ...]:
     if isinstance(hidden_dims, (Integral, np.integer)) and not isinstance(hidden_dims, bool):
         # An int is ambiguous: one layer of that width, or that many layers?
@@ -165,6 +179,11 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     max_iter : int or 'auto', default='auto'
         Maximum number of optimizer steps. ``'auto'``: 5000 for flow matching (a step costs
         milliseconds), 1000 for likelihood training (each step solves the ODE twice).
+    max_time : float or None, default=None
+        A wall-clock budget for ``fit``, in seconds: training ends when it runs out (after a
+        last validation) and keeps the best validated weights; the learning rate's decay
+        follows whichever of ``max_iter`` and ``max_time`` runs out first, so that a budget
+        trades time for quality without knowing how many steps fit in it.
     validation_fraction : float, default=0.1
         Fraction of rows held out for early stopping. With 0, the training rows are used.
     n_iter_no_change : int or None, default=10
@@ -265,6 +284,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "validation_interval": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
@@ -281,9 +301,9 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         divergence="hutchinson", noise="rademacher", solver="dopri5", n_steps=8, atol=1e-5,
         rtol=1e-5, eval_atol=1e-6, eval_rtol=1e-6, eval_dtype="float32", max_num_steps=1000,
         adjoint=True, kinetic_energy=0.0, jacobian_frobenius=0.0, learning_rate="auto",
-        weight_decay=1e-5, batch_size=1024, max_iter="auto", validation_fraction=0.1,
-        n_iter_no_change=10, validation_interval="auto", warm_start=False, device="auto",
-        n_threads=None, verbose=0, random_state=None,
+        weight_decay=1e-5, batch_size=1024, max_iter="auto", max_time=None,
+        validation_fraction=0.1, n_iter_no_change=10, validation_interval="auto", warm_start=False,
+        device="auto", n_threads=None, verbose=0, random_state=None,
     ):
         self.hidden_dims = hidden_dims
         self.preprocessing = preprocessing
@@ -309,6 +329,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.max_iter = max_iter
+        self.max_time = max_time
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.validation_interval = validation_interval
@@ -374,11 +395,14 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         self.n_iter_, self.history_ = n_iter + result.n_iter, history + result.history
         self.best_validation_loss_ = result.best_validation_loss
         self.device_, self.world_size_ = result.device, result.world_size
+        gain = _recent_gain(result.history)
         if (not partial and not result.stopped_early and not result.interrupted
-                and self.n_iter_no_change is not None):
+                and not result.out_of_time and self.n_iter_no_change is not None
+                and gain is not None):
             warnings.warn(
-                f"{type(self).__name__} stopped at max_iter={config.max_iter} before the "
-                "validation loss stopped improving; increase max_iter for a better fit.",
+                f"{type(self).__name__} stopped at max_iter={config.max_iter} while the "
+                f"validation loss was still falling ({gain:.3g} nats per row over the last "
+                "fifth of training); increase max_iter for a better fit.",
                 ConvergenceWarning, stacklevel=2)
         return X, result
 
@@ -399,6 +423,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
                             "jacobian_frobenius": self.jacobian_frobenius},
             learning_rate=self._resolved("learning_rate"), weight_decay=self.weight_decay,
             batch_size=self.batch_size, max_iter=self._resolved("max_iter"),
+            max_time=self.max_time,
             validation_fraction=self.validation_fraction,
             n_iter_no_change=math.inf if self.n_iter_no_change is None else self.n_iter_no_change,
             validation_interval=self._resolved("validation_interval"),

@@ -33,8 +33,8 @@ class FFJORDOutlierDetector(OutlierMixin, FFJORDDensity):
     hidden_dims, preprocessing, activation, n_blocks, time_length, train_time_length, training, \
 divergence, noise, solver, n_steps, atol, rtol, eval_atol, eval_rtol, eval_dtype, max_num_steps, \
 adjoint, kinetic_energy, jacobian_frobenius, learning_rate, weight_decay, batch_size, max_iter, \
-validation_fraction, n_iter_no_change, validation_interval, warm_start, device, n_threads, \
-verbose, random_state
+max_time, validation_fraction, n_iter_no_change, validation_interval, warm_start, device, \
+n_threads, verbose, random_state
         As in :class:`~skflow.FFJORDDensity`, with the same defaults except
         ``preprocessing='standardize'``: the quantile map that ``'auto'`` picks for tabular
         data sharpens the density on repeated values, which raised the held-out likelihood but
@@ -104,9 +104,9 @@ best_validation_loss_, device_, world_size_
         divergence="hutchinson", noise="rademacher", solver="dopri5", n_steps=8, atol=1e-5,
         rtol=1e-5, eval_atol=1e-6, eval_rtol=1e-6, eval_dtype="float32", max_num_steps=1000,
         adjoint=True, kinetic_energy=0.0, jacobian_frobenius=0.0, learning_rate="auto",
-        weight_decay=1e-5, batch_size=1024, max_iter="auto", validation_fraction=0.1,
-        n_iter_no_change=10, validation_interval="auto", warm_start=False, device="auto",
-        n_threads=None, verbose=0, random_state=None, contamination="auto",
+        weight_decay=1e-5, batch_size=1024, max_iter="auto", max_time=None,
+        validation_fraction=0.1, n_iter_no_change=10, validation_interval="auto", warm_start=False,
+        device="auto", n_threads=None, verbose=0, random_state=None, contamination="auto",
         calibration="held_out",
     ):
         super().__init__(
@@ -116,7 +116,7 @@ best_validation_loss_, device_, world_size_
             atol=atol, rtol=rtol, eval_atol=eval_atol, eval_rtol=eval_rtol, eval_dtype=eval_dtype,
             max_num_steps=max_num_steps, adjoint=adjoint, kinetic_energy=kinetic_energy,
             jacobian_frobenius=jacobian_frobenius, learning_rate=learning_rate,
-            weight_decay=weight_decay, batch_size=batch_size, max_iter=max_iter,
+            weight_decay=weight_decay, batch_size=batch_size, max_iter=max_iter, max_time=max_time,
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
             validation_interval=validation_interval, warm_start=warm_start, device=device,
             n_threads=n_threads, verbose=verbose, random_state=random_state)

@@ -44,8 +44,10 @@ class TrainingConfig:
     ``n_iter_no_change`` validations without an improvement of 1e-4 nats stop training
     (``math.inf``: never). ``validation_fraction`` of the rows are held out for validation; with
     0, up to 2048 training rows are validated. ``averaging_decay`` > 0 validates and keeps an
-    exponential moving average of the weights. ``validation_atol`` / ``validation_rtol`` and
-    ``max_num_steps`` are the validation solver's.
+    exponential moving average of the weights. ``max_time`` (seconds, None: no limit) ends
+    training when it runs out, after a last validation; the learning rate's decay then follows
+    whichever of ``max_iter`` and ``max_time`` runs out first. ``validation_atol`` /
+    ``validation_rtol`` and ``max_num_steps`` are the validation solver's.
 
     Examples
     --------
@@ -63,6 +65,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     batch_size: int = 512
     max_iter: int = 1000
+    max_time: float | None = None
     validation_fraction: float = 0.1
     n_iter_no_change: float = 10
     validation_interval: int = 50
@@ -92,6 +95,7 @@ class TrainingResult:
     best_validation_loss: float
     stopped_early: bool
     interrupted: bool
+    out_of_time: bool
     device: str
     world_size: int
     validation_rows: np.ndarray | None = None
@@ -146,7 +150,8 @@ def fit_flow(flow: ContinuousFlow | FlowSpec, Z: np.ndarray, config: TrainingCon
     return TrainingResult(
         flow=master, optimizer_state=_to_cpu(optimizer.state_dict()), n_iter=run.iteration,
         history=run.history, best_validation_loss=run.best_loss,
-        stopped_early=run.stopped_early, interrupted=run.interrupted, device=str(device),
+        stopped_early=run.stopped_early, interrupted=run.interrupted,
+        out_of_time=run.out_of_time, device=str(device),
         world_size=world.size, validation_rows=val_rows if len(train_rows) < len(Z) else None)
 
 
@@ -223,11 +228,12 @@ def _gradients_finite(parameters):
     return bool(torch.isfinite(torch.stack([g.norm() for g in grads])).all()) if grads else True
 
 
-def _learning_rate_factor(iteration, max_iter, cosine_decay):
-    """Cosine decay from 1 to 0.1 over the run: large steps early, fine ones at the end."""
+def _learning_rate_factor(done, cosine_decay):
+    """Cosine decay from 1 to 0.1 over the run (``done`` goes from 0 to 1): large steps early,
+    fine ones at the end."""
     if not cosine_decay:
         return 1.0
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(iteration / max_iter, 1.0)))
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(done, 1.0)))
 
 
 def _to_cpu(state):
@@ -335,20 +341,24 @@ class _Run:
         self.best_loss, self.best_state = math.inf, copy.deepcopy(flow.state_dict())
         self.good_state = _state_snapshot(flow, optimizer)
         self.iteration, self.recoveries, self.n_bad = 0, 0, 0
-        self.stopped_early, self.interrupted = False, False
+        self.stopped_early, self.interrupted, self.out_of_time = False, False, False
         self.history, self.sums, self.started = [], _Sums(), time.perf_counter()
 
     def train(self, batches, Z_val):
         progress = _Progress(self.config.verbose, self.config.max_iter)
         try:
-            while self.iteration < self.config.max_iter and not self.stopped_early:
+            while (self.iteration < self.config.max_iter and not self.stopped_early
+                   and not self.out_of_time):
                 fault = self._step(next(batches))
                 if fault is not None:
                     self._recover(fault, self.iteration + 1)
                     continue
                 progress.step()
+                if self.config.max_time is not None:  # every rank stops at the same step
+                    self.out_of_time = torchrun.any_across_ranks(
+                        time.perf_counter() - self.started >= self.config.max_time)
                 if (self.iteration % self.config.validation_interval == 0
-                        or self.iteration == self.config.max_iter):
+                        or self.iteration == self.config.max_iter or self.out_of_time):
                     fault = self._validate(Z_val, progress)
                     if fault is not None:
                         self._recover(fault, self.iteration)
@@ -361,10 +371,16 @@ class _Run:
             progress.close()
         self._keep_best(Z_val)
 
+    def _done(self):
+        """The share of the budget used: steps, or time when ``max_time`` is set."""
+        done = self.iteration / self.config.max_iter
+        if self.config.max_time is not None:
+            done = max(done, (time.perf_counter() - self.started) / self.config.max_time)
+        return done
+
     def _step(self, batch):
         """One optimizer step; returns the fault that prevented it, if any (on any rank)."""
-        factor = self.lr_scale * _learning_rate_factor(self.iteration, self.config.max_iter,
-                                                       self.config.cosine_decay)
+        factor = self.lr_scale * _learning_rate_factor(self._done(), self.config.cosine_decay)
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * factor
         self.optimizer.zero_grad(set_to_none=True)

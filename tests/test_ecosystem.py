@@ -70,7 +70,8 @@ def test_pipeline_with_pca_reduces_the_dimension_first():
 
 
 def test_outlier_detector_in_a_pipeline(X):
-    pipe = make_pipeline(StandardScaler(), FFJORDOutlierDetector(**FIXED, contamination=0.1))
+    pipe = make_pipeline(StandardScaler(), FFJORDOutlierDetector(**FIXED, contamination=0.1,
+                                                                 calibration="training"))
     labels = pipe.fit_predict(X)
     assert (labels == -1).sum() == 30
     np.testing.assert_array_equal(pipe.predict(X), labels)

@@ -257,3 +257,32 @@ def test_large_networks_use_the_threads_torch_has_within_threadpoolctl_limits():
     assert intra_op_threads(3, 1024, 64) == 3
     with threadpool_limits(1):  # a limit the caller set is honoured
         assert intra_op_threads(None, 4096, 256) == 1
+
+
+# ------------------------------------------------------------------------------ time budget
+def test_max_time_ends_training_with_the_best_validated_weights_and_no_warning():
+    X = np.random.RandomState(0).normal(size=(300, 2))
+    est = FFJORDDensity(**{**FAST, "max_iter": 100_000, "validation_interval": 10**6,
+                           "max_time": 1.0})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(X)
+    assert 0 < est.n_iter_ < 100_000
+    # One last validation when the time ran out; its weights are the ones kept.
+    assert [entry["iteration"] for entry in est.history_] == [est.n_iter_]
+    assert 0.9 < est.history_[-1]["time"] < 5.0
+    assert est.best_validation_loss_ == est.history_[-1]["val_loss"]
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    # The learning rate decayed over the time budget, as it would over max_iter.
+    assert est.history_[-1]["learning_rate"] < 0.2 * 5e-3
+
+
+def test_the_warning_says_training_was_cut_short_only_while_it_was_clearly_improving():
+    from skflow.density import _recent_gain
+    history = lambda losses: [dict(val_loss=v) for v in losses]  # noqa: E731
+    assert _recent_gain(history([5.0, 4.0])) == pytest.approx(1.0)
+    steady = [3.0 - 0.1 * i for i in range(20)]
+    assert _recent_gain(history(steady)) == pytest.approx(0.4)
+    settling = [1.0 + 30.0 * np.exp(-i / 2) for i in range(20)]  # the last fifth: 0.05%
+    assert _recent_gain(history(settling)) is None
+    assert _recent_gain(history([2.0, 1.5, 1.6, 1.7, 1.8])) is None  # no longer improving
