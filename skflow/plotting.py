@@ -320,10 +320,12 @@ def _plot_nfe(ax: Axes, iteration: np.ndarray, forward: np.ndarray,
 def plot_history(estimator: FFJORDDensity, ax: Axes | None = None) -> Axes:
     """Training curves of a fitted :class:`~skflow.FFJORDDensity`, from its ``history_``.
 
-    Training and validation loss (negative log-likelihood in nats per row, standardized units;
-    for flow matching the training curve is the flow-matching loss) against the iteration on
-    ``ax``; when any function evaluations were counted (likelihood training), the forward and
-    backward NFE per step on a second y axis (``ax.twinx()``).
+    The validation negative log-likelihood (nats per row, in the flow's standardized units)
+    against the iteration on ``ax``, with the training negative log-likelihood under likelihood
+    training. Flow matching's training loss is a regression loss in other units: it gets a
+    second y axis of its own (``ax.train_axes``). When function evaluations were counted
+    (likelihood training), the forward and backward NFE per step go on a second y axis
+    (``ax.nfe_axes``).
 
     Parameters
     ----------
@@ -336,13 +338,15 @@ def plot_history(estimator: FFJORDDensity, ax: Axes | None = None) -> Axes:
     Returns
     -------
     ax : matplotlib Axes
-        The loss axes (a training line, then a ``'validation NLL'`` line); the NFE axes, when
-        drawn, is ``ax.nfe_axes`` (lines ``'NFE forward'`` and ``'NFE backward'``), else None.
+        The negative log-likelihood axes (``'train NLL'`` under likelihood training, then
+        ``'validation NLL'``); ``ax.train_axes`` holds the ``'train flow-matching loss'`` line
+        under flow matching (else None); ``ax.nfe_axes`` the lines ``'NFE forward'`` and
+        ``'NFE backward'`` when drawn (else None).
 
     Examples
     --------
-    A model trained by flow matching solves no ODE while training, so only the losses are
-    drawn:
+    A model trained by flow matching solves no ODE while training, so no NFE are drawn; its
+    training loss has an axis of its own:
 
     >>> import matplotlib
     >>> matplotlib.use("Agg")  # draw off screen
@@ -352,7 +356,9 @@ def plot_history(estimator: FFJORDDensity, ax: Axes | None = None) -> Axes:
     >>> est = FFJORDDensity(hidden_dims=(8,), max_iter=5, random_state=0)
     >>> ax = plot_history(est.fit(make_toy("2spirals", 300, random_state=0)))
     >>> [line.get_label() for line in ax.get_lines()], ax.nfe_axes
-    (['train flow-matching loss', 'validation NLL'], None)
+    (['validation NLL'], None)
+    >>> [line.get_label() for line in ax.train_axes.get_lines()]
+    ['train flow-matching loss']
     """
     plt = _pyplot()
     history = getattr(estimator, "history_", None)
@@ -360,19 +366,26 @@ def plot_history(estimator: FFJORDDensity, ax: Axes | None = None) -> Axes:
         check_is_fitted(estimator)
         raise ValueError(f"{type(estimator).__name__} has no history_ to plot.")
     ax = plt.gca() if ax is None else ax
-    ax.nfe_axes = None
+    ax.nfe_axes = ax.train_axes = None
     if not history:
         return ax
     iteration = np.array([h["iteration"] for h in history])
     def column(key):
         return np.array([h[key] for h in history], dtype=float)
     likelihood = getattr(estimator, "training", "likelihood") == "likelihood"
-    ax.plot(iteration, column("train_loss"), marker=".",
-            label="train NLL" if likelihood else "train flow-matching loss")
-    ax.plot(iteration, column("val_loss"), marker=".", label="validation NLL")
+    if likelihood:
+        ax.plot(iteration, column("train_loss"), marker=".", label="train NLL")
+    ax.plot(iteration, column("val_loss"), marker=".", color="C1", label="validation NLL")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (nats per row, standardized units)" if likelihood else "loss")
+    ax.set_ylabel("negative log-likelihood (nats per row, standardized units)")
     handles, labels = ax.get_legend_handles_labels()
+    if not likelihood:  # a regression loss: not comparable with the NLL, so its own axis
+        ax.train_axes = ax.twinx()
+        ax.train_axes.plot(iteration, column("train_loss"), marker=".", color="C0",
+                           linestyle="--", label="train flow-matching loss")
+        ax.train_axes.set_ylabel("flow-matching loss")
+        more_handles, more_labels = ax.train_axes.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
     forward, backward = column("nfe_forward"), column("nfe_backward")
     if np.any(forward > 0) or np.any(backward > 0):
         ax.nfe_axes = _plot_nfe(ax, iteration, forward, backward)

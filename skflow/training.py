@@ -263,13 +263,19 @@ class _Progress:
             self.bar.update(1)
 
     def record(self, entry):
+        # Function evaluations are shown only where training solves the ODE (likelihood):
+        # flow matching's would always read 0.
+        solves = entry["nfe_forward"] > 0
         if self.bar is not None:
-            self.bar.set_postfix(train=f"{entry['train_loss']:.3f}", val=f"{entry['val_loss']:.3f}",
-                                 nfe=f"{entry['nfe_forward']:.0f}")
+            shown = dict(train=f"{entry['train_loss']:.3f}", val=f"{entry['val_loss']:.3f}")
+            if solves:
+                shown["nfe"] = f"{entry['nfe_forward']:.0f}+{entry['nfe_backward']:.0f}"
+            self.bar.set_postfix(shown)
         elif self.verbose >= 2:
+            nfe = (f"  nfe {entry['nfe_forward']:.0f}+{entry['nfe_backward']:.0f}" if solves
+                   else "")
             print(f"iter {entry['iteration']:5d}  train {entry['train_loss']:.4f}  "
-                  f"val {entry['val_loss']:.4f}  nfe {entry['nfe_forward']:.0f}+"
-                  f"{entry['nfe_backward']:.0f}  {entry['time']:.1f}s", flush=True)
+                  f"val {entry['val_loss']:.4f}{nfe}  {entry['time']:.1f}s", flush=True)
 
     def close(self):
         if self.bar is not None:

@@ -122,7 +122,7 @@ def test_plot_history_draws_the_recorded_curves(moons):
     est, _ = moons
     fig, ax = plt.subplots()
     plot_history(est, ax=ax)
-    train, val = ax.get_lines()
+    (val,), (train,) = ax.get_lines(), ax.train_axes.get_lines()  # the losses on their own axes
     iterations = [h["iteration"] for h in est.history_]
     np.testing.assert_array_equal(train.get_xdata(), iterations)
     np.testing.assert_array_equal(train.get_ydata(), [h["train_loss"] for h in est.history_])
