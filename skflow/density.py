@@ -7,7 +7,6 @@ The estimator holds its parameters, validates them and delegates: the input map
 
 from __future__ import annotations
 
-import math
 import warnings
 from numbers import Integral, Real
 
@@ -25,26 +24,18 @@ from sklearn.utils import TransformerTags, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import training
+from . import defaults, training
 from ._device import resolve_device
 from ._state import VersionedPickleMixin, atomic_fit
 from .cnf.evaluation import Evaluator
 from .cnf.flow import FlowSpec
 from .cnf.layers import ACTIVATIONS
 from .cnf.objectives import OBJECTIVES
-from .cnf.solver import ADAPTIVE_METHODS, FIXED_GRID_METHODS, SolverConfig
+from .cnf.solver import ADAPTIVE_METHODS, FIXED_GRID_METHODS
 from .exceptions import ExtrapolationWarning
 from .preprocessing import InputMap
 
 __all__ = ["FFJORDDensity"]
-
-# 'auto' values, by training mode (see benchmarks/results for the measurements behind them).
-_AUTO = {
-    "likelihood": dict(learning_rate=1e-3, max_iter=1000, validation_interval=50),
-    "flow_matching": dict(learning_rate=5e-3, max_iter=5000, validation_interval=250),
-    "ot_flow_matching": dict(learning_rate=5e-3, max_iter=5000, validation_interval=250),
-}
-
 
 # Rows farther than this from the training data's centre, in training standard deviations of
 # some mapped feature, are scored with a warning: the density there is an extrapolation.
@@ -114,9 +105,10 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         standard-normal marginal, with knots at empirical quantiles (see
         :class:`skflow.preprocessing.QuantileGaussianizer`), so the flow only has to learn the
         dependence between features; it scored better on every real tabular set measured (skewed,
-        heavy-tailed or few-valued features; see the README). ``'auto'``: the quantile map when some
-        feature is strongly skewed (|skewness| > 1), heavy-tailed (excess kurtosis > 3) or has one
-        value in over 5% of the rows, else standardization (see
+        heavy-tailed or few-valued features; see the README). ``'auto'``: the quantile map when
+        there are at least 1,000 rows (below, its knots follow the sample's noise) and some feature
+        is strongly skewed (|skewness| > 1), heavy-tailed (excess kurtosis > 3) or has one value in
+        over 5% of the rows, else standardization (see
         :func:`skflow.preprocessing.marginals_need_gaussianizing`); the choice is stored in
         ``preprocessing_``.
     activation : {'silu', 'softplus', 'tanh', 'elu', 'swish'}, default='silu'
@@ -190,8 +182,10 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         Stop after this many validations without improvement, then restore the best weights.
         ``None`` trains for ``max_iter`` steps (still restoring the best weights).
     validation_interval : int or 'auto', default='auto'
-        Optimizer steps between validations. ``'auto'``: 250 for flow matching, 50 for
-        likelihood training.
+        Optimizer steps between validations. ``'auto'``: 50 for likelihood training; for flow
+        matching 250, or a quarter of the validation rows when fewer (25 at least), so that a
+        small set is not overfitted between two validations
+        (:func:`skflow.defaults.validation_interval`).
     warm_start : bool, default=False
         Continue from the current weights on the next ``fit``.
     device : str or torch.device, default='auto'
@@ -385,7 +379,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         else:
             input_map, flow, optimizer_state = self.input_map_, self.flow_, self._optimizer_state_
             n_iter, history = self.n_iter_, self.history_
-        config = self._training_config(X.shape[0] if partial else None)
+        config = defaults.training_config(self.get_params(), X.shape[0], partial)
         result = training.fit_flow(flow, input_map.forward(X)[0], config,
                                    check_random_state(self.random_state),
                                    resolve_device(self.device), optimizer_state, n_iter,
@@ -405,37 +399,6 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
                 "fifth of training); increase max_iter for a better fit.",
                 ConvergenceWarning, stacklevel=2)
         return X, result
-
-    def _resolved(self, name):
-        value = getattr(self, name)
-        return _AUTO[self.training][name] if value == "auto" else value
-
-    def _training_config(self, partial_rows=None) -> training.TrainingConfig:
-        """The configuration of one ``fit``, or of one ``partial_fit`` of ``partial_rows`` rows:
-        one pass, no split, no early stop, no decay (a decay per call would saw the rate down
-        and up again at every chunk)."""
-        config = training.TrainingConfig(
-            objective=self.training, divergence=self.divergence, noise=self.noise,
-            solver=SolverConfig(method=self.solver, atol=self.atol, rtol=self.rtol,
-                                n_steps=self.n_steps, max_num_steps=self.max_num_steps,
-                                adjoint=self.adjoint),
-            regularization={"kinetic_energy": self.kinetic_energy,
-                            "jacobian_frobenius": self.jacobian_frobenius},
-            learning_rate=self._resolved("learning_rate"), weight_decay=self.weight_decay,
-            batch_size=self.batch_size, max_iter=self._resolved("max_iter"),
-            max_time=self.max_time,
-            validation_fraction=self.validation_fraction,
-            n_iter_no_change=math.inf if self.n_iter_no_change is None else self.n_iter_no_change,
-            validation_interval=self._resolved("validation_interval"),
-            validation_atol=self.atol, validation_rtol=self.rtol,
-            max_num_steps=self.max_num_steps, verbose=self.verbose,
-            averaging_decay=0.0 if self.training == "likelihood" else 0.999)
-        if partial_rows is not None:
-            n_batches = max(1, math.ceil(partial_rows / self.batch_size))
-            config.max_iter = config.validation_interval = n_batches
-            config.validation_fraction, config.cosine_decay = 0.0, False
-            config.n_iter_no_change = n_batches + 1
-        return config
 
     # --------------------------------------------------------------- evaluation
     def _evaluator(self) -> Evaluator:

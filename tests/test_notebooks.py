@@ -21,15 +21,21 @@ pytest.importorskip("pandas")
 NOTEBOOKS = REPO / "notebooks"
 ODDS_FILES = [f"odds/{name}.npz" for name in ("thyroid", "cardio", "mammography", "annthyroid")]
 NEEDS = {
-    "toy_gallery.ipynb": [],
-    "model_selection.ipynb": [],
-    "anomaly_detection.ipynb": ODDS_FILES,
-    "miniboone.ipynb": ["maf_miniboone/val.npy", "maf_miniboone/test.npy"],
+    "01_toy_gallery.ipynb": [],
+    "02_model_selection.ipynb": [],
+    "03_anomaly_detection.ipynb": ODDS_FILES,
+    "04_miniboone.ipynb": ["maf_miniboone/val.npy", "maf_miniboone/test.npy"],
 }
 
 
 def test_every_notebook_is_tested():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NEEDS)
+
+
+def test_the_notebooks_a_user_opens_first_run_offline():
+    # Numbered in the order to read them: the first ones need no download.
+    first = sorted(NEEDS)[:2]
+    assert all(not NEEDS[name] for name in first), first
 
 
 def test_saved_notebooks_have_outputs_and_no_errors():
