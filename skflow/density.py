@@ -12,6 +12,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -344,7 +345,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None) -> FFJORDDensity:
+    def fit(self, X: ArrayLike, y: None = None) -> FFJORDDensity:
         """Fit the flow to ``X`` (array-like of shape (n_samples, n_features): at least two
         rows, no constant column); ``y`` is ignored. Returns the fitted estimator."""
         with atomic_fit(self):
@@ -352,7 +353,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None) -> FFJORDDensity:
+    def partial_fit(self, X: ArrayLike, y: None = None) -> FFJORDDensity:
         """One pass over the chunk ``X`` in minibatches, continuing from the current weights.
 
         The first call fixes the input map from its chunk. There is no validation split and no
@@ -459,12 +460,12 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         Z, log_det = self._flow_space(X, warn)
         return self._evaluator().log_prob(Z) + log_det
 
-    def score_samples(self, X) -> np.ndarray:
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Log density of each row of ``X``, in the units of ``X`` (float64, shape
         (n_samples,))."""
         return self._log_density(self._check_input(X))
 
-    def score(self, X, y=None) -> float:
+    def score(self, X: ArrayLike, y: None = None) -> float:
         """Mean log-likelihood per row of ``X`` (as :class:`~sklearn.mixture.GaussianMixture`).
 
         Being a mean, it is comparable across folds of different sizes, so model selection
@@ -472,22 +473,23 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         """
         return float(np.mean(self.score_samples(X)))
 
-    def evaluation_nfe(self, X) -> np.ndarray:
+    def evaluation_nfe(self, X: ArrayLike) -> np.ndarray:
         """Dynamics evaluations that ``score_samples`` needs for each row of ``X``, summed over
         blocks: regularized or simulation-free training gives straighter flows that need
         fewer."""
         return self._evaluator().nfe(self._flow_space(self._check_input(X))[0])
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X: ArrayLike) -> np.ndarray:
         """Latent coordinates of ``X``, where the model is a standard normal."""
         return self._evaluator().to_latent(self._flow_space(self._check_input(X))[0])
 
-    def inverse_transform(self, Z) -> np.ndarray:
+    def inverse_transform(self, Z: ArrayLike) -> np.ndarray:
         """Data-space points of the latent coordinates ``Z`` (the flow integrated backwards)."""
         Z = self._check_input(Z)  # latent rows: no extrapolation warning
         return self.input_map_.inverse(self._evaluator().from_latent(Z))
 
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+    def sample(self, n_samples: int = 1,
+               random_state: int | np.random.RandomState | None = None) -> np.ndarray:
         """Draw ``n_samples`` rows from the fitted density, shape (n_samples, n_features).
 
         ``random_state`` (int, RandomState instance or None) seeds the latent draws, made with

@@ -5,6 +5,7 @@ from __future__ import annotations
 from numbers import Real
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -145,31 +146,31 @@ best_validation_loss_, device_, world_size_
         return scores
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None) -> FFJORDOutlierDetector:
+    def fit(self, X: ArrayLike, y: None = None) -> FFJORDOutlierDetector:
         """Fit the flow to ``X`` and set the outlier threshold ``offset_``; ``y`` is ignored.
         Returns the fitted detector."""
         self._fit_and_threshold(X, partial=False)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None) -> FFJORDOutlierDetector:
+    def partial_fit(self, X: ArrayLike, y: None = None) -> FFJORDOutlierDetector:
         """One pass over the chunk ``X``, then ``offset_`` from the chunk's log densities;
         ``y`` is ignored. Returns the updated detector."""
         self._fit_and_threshold(X, partial=True)
         return self
 
-    def fit_predict(self, X, y=None) -> np.ndarray:
+    def fit_predict(self, X: ArrayLike, y: None = None) -> np.ndarray:
         """``fit(X).predict(X)``, scoring ``X`` only once: 1 for inliers, -1 for outliers."""
         self._validate_params()
         scores = self._fit_and_threshold(X, partial=False)
         return np.where(scores - self.offset_ >= 0, 1, -1)
 
     # --------------------------------------------------------------- prediction
-    def decision_function(self, X) -> np.ndarray:
+    def decision_function(self, X: ArrayLike) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers, positive for inliers."""
         check_is_fitted(self)
         return self.score_samples(X) - self.offset_
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """1 where ``decision_function(X) >= 0`` (an inlier), else -1 (an outlier)."""
         return np.where(self.decision_function(X) >= 0, 1, -1)

@@ -9,3 +9,5 @@
 - ``objectives``: training objectives, maximum likelihood and (optimal-transport) flow matching.
 - ``evaluation``: the ``Evaluator``, per-row log densities, latents and inverses of a flow.
 """
+
+__all__: list[str] = []  # the modules are the public surface
