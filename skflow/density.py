@@ -346,8 +346,20 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: ArrayLike, y: None = None) -> FFJORDDensity:
-        """Fit the flow to ``X`` (array-like of shape (n_samples, n_features): at least two
-        rows, no constant column); ``y`` is ignored. Returns the fitted estimator."""
+        """Fit the input map and the flow to ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data: at least two rows, no constant column.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : FFJORDDensity
+            The fitted estimator.
+        """
         with atomic_fit(self):
             self._fit(X, partial=False)
         return self
@@ -358,8 +370,19 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
 
         The first call fixes the input map from its chunk. There is no validation split and no
         early stopping; the loss on the chunk is recorded in ``history_``. The learning rate
-        stays at ``learning_rate`` (no decay: the stream's length is unknown). ``y`` is
-        ignored. Returns the updated estimator.
+        stays at ``learning_rate`` (no decay: the stream's length is unknown).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            One chunk of training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : FFJORDDensity
+            The updated estimator.
         """
         with atomic_fit(self):
             self._fit(X, partial=True)
@@ -369,7 +392,6 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         """Validate ``X``, train, and set the fitted attributes once training has succeeded;
         returns the validated rows and the training result."""
         first = not hasattr(self, "flow_") or not (partial or self.warm_start)
-        # 'numeric' refuses arrays of strings; C order makes the fit independent of the layout.
         X = self._validate_rows(X, reset=first, ensure_min_samples=2)
         spec = FlowSpec(X.shape[1], _check_hidden_dims(self.hidden_dims), self.activation,
                         self.n_blocks, self.time_length, self.train_time_length)
@@ -461,8 +483,18 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         return self._evaluator().log_prob(Z) + log_det
 
     def score_samples(self, X: ArrayLike) -> np.ndarray:
-        """Log density of each row of ``X``, in the units of ``X`` (float64, shape
-        (n_samples,))."""
+        """Log density of each row of ``X``, in the units of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points to evaluate.
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+            Natural logarithm of the density, float64.
+        """
         return self._log_density(self._check_input(X))
 
     def score(self, X: ArrayLike, y: None = None) -> float:
@@ -470,30 +502,83 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
 
         Being a mean, it is comparable across folds of different sizes, so model selection
         (``GridSearchCV``, ``cross_val_score``) can use it as the default score.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points to evaluate.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        score : float
+            Mean log density.
         """
         return float(np.mean(self.score_samples(X)))
 
     def evaluation_nfe(self, X: ArrayLike) -> np.ndarray:
         """Dynamics evaluations that ``score_samples`` needs for each row of ``X``, summed over
-        blocks: regularized or simulation-free training gives straighter flows that need
-        fewer."""
+        blocks: regularized or simulation-free training gives straighter flows that need fewer.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points to evaluate.
+
+        Returns
+        -------
+        nfe : ndarray of shape (n_samples,)
+            Function evaluations per row.
+        """
         return self._evaluator().nfe(self._flow_space(self._check_input(X))[0])
 
     def transform(self, X: ArrayLike) -> np.ndarray:
-        """Latent coordinates of ``X``, where the model is a standard normal."""
+        """Map ``X`` to the latent space, where the model is a standard normal.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Data.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features)
+            Latent coordinates.
+        """
         return self._evaluator().to_latent(self._flow_space(self._check_input(X))[0])
 
     def inverse_transform(self, Z: ArrayLike) -> np.ndarray:
-        """Data-space points of the latent coordinates ``Z`` (the flow integrated backwards)."""
+        """Map latent coordinates back to data space (the flow integrated backwards).
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_features)
+            Latent coordinates.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+            Data-space points.
+        """
         Z = self._check_input(Z)  # latent rows: no extrapolation warning
         return self.input_map_.inverse(self._evaluator().from_latent(Z))
 
     def sample(self, n_samples: int = 1,
                random_state: int | np.random.RandomState | None = None) -> np.ndarray:
-        """Draw ``n_samples`` rows from the fitted density, shape (n_samples, n_features).
+        """Draw samples from the fitted density.
 
-        ``random_state`` (int, RandomState instance or None) seeds the latent draws, made with
-        numpy so that they do not depend on the device.
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of samples.
+        random_state : int, RandomState instance or None, default=None
+            Seeds the latent draws (made with numpy, so they do not depend on the device).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+            Samples.
         """
         check_is_fitted(self)
         if (not isinstance(n_samples, (Integral, np.integer)) or isinstance(n_samples, bool)

@@ -147,30 +147,89 @@ best_validation_loss_, device_, world_size_
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: ArrayLike, y: None = None) -> FFJORDOutlierDetector:
-        """Fit the flow to ``X`` and set the outlier threshold ``offset_``; ``y`` is ignored.
-        Returns the fitted detector."""
+        """Fit the flow to ``X`` and set the outlier threshold ``offset_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data: at least two rows, no constant column.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : FFJORDOutlierDetector
+            The fitted detector.
+        """
         self._fit_and_threshold(X, partial=False)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X: ArrayLike, y: None = None) -> FFJORDOutlierDetector:
-        """One pass over the chunk ``X``, then ``offset_`` from the chunk's log densities;
-        ``y`` is ignored. Returns the updated detector."""
+        """One pass over the chunk ``X``, then ``offset_`` from the chunk's log densities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            One chunk of training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : FFJORDOutlierDetector
+            The updated detector.
+        """
         self._fit_and_threshold(X, partial=True)
         return self
 
     def fit_predict(self, X: ArrayLike, y: None = None) -> np.ndarray:
-        """``fit(X).predict(X)``, scoring ``X`` only once: 1 for inliers, -1 for outliers."""
+        """``fit(X).predict(X)``, scoring ``X`` only once.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            1 for inliers, -1 for outliers.
+        """
         self._validate_params()
         scores = self._fit_and_threshold(X, partial=False)
         return np.where(scores - self.offset_ >= 0, 1, -1)
 
     # --------------------------------------------------------------- prediction
     def decision_function(self, X: ArrayLike) -> np.ndarray:
-        """``score_samples(X) - offset_``: negative for outliers, positive for inliers."""
+        """Log density minus ``offset_``: negative for outliers, positive for inliers.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points to evaluate.
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,)
+            ``score_samples(X) - offset_``.
+        """
         check_is_fitted(self)
         return self.score_samples(X) - self.offset_
 
     def predict(self, X: ArrayLike) -> np.ndarray:
-        """1 where ``decision_function(X) >= 0`` (an inlier), else -1 (an outlier)."""
+        """Label each row of ``X``: 1 for an inlier, -1 for an outlier.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points to label.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            1 where ``decision_function(X) >= 0``, else -1 (int).
+        """
         return np.where(self.decision_function(X) >= 0, 1, -1)
