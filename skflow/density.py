@@ -107,7 +107,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         :class:`skflow.preprocessing.QuantileGaussianizer`), so the flow only has to learn the
         dependence between features; it scored better on every real tabular set measured (skewed,
         heavy-tailed or few-valued features; see the README). ``'auto'``: the quantile map when
-        there are at least 1,000 rows (below, its knots follow the sample's noise) and some feature
+        there are at least 300 rows (below, its knots follow the sample's noise) and some feature
         is strongly skewed (|skewness| > 1), heavy-tailed (excess kurtosis > 3) or has one value in
         over 5% of the rows, else standardization (see
         :func:`skflow.preprocessing.marginals_need_gaussianizing`); the choice is stored in

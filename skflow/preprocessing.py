@@ -20,11 +20,10 @@ __all__ = ["InputMap", "QuantileGaussianizer", "marginals_need_gaussianizing"]
 # in over 5% of rows.
 _SKEWNESS, _EXCESS_KURTOSIS, _ATOM_SHARE = 1.0, 3.0, 0.05
 # Below this many rows 'auto' standardizes: the quantile map's knots then follow the sample's
-# noise, and on every set of the development suite under 600 rows standardization scored as
-# well or better (iris -2.00 vs -3.53, wine -19.23 vs -21.36, breast cancer 37.85 vs 37.74;
-# diabetes -29.20 vs -27.60 the one loss, still above the tuned baselines' -31.99;
-# benchmarks/results/quality.md).
-MIN_ROWS_FOR_QUANTILE = 1000
+# noise. Fitted on 120 and 142 rows (iris, wine) the map lost 1.5 and 2.1 nats to
+# standardization; on 353, 455 and 824 rows (diabetes, breast cancer, concrete) it gained 1.6,
+# lost 0.1 and gained 9.2 (benchmarks/results/quality.md and quality_baseline.md).
+MIN_ROWS_FOR_QUANTILE = 300
 
 
 def marginals_need_gaussianizing(X: np.ndarray) -> bool:
@@ -80,7 +79,7 @@ class InputMap:
     kind : {'auto', 'standardize', 'quantile'}, default='auto'
         ``'standardize'``: mean and standard deviation per feature. ``'quantile'``: each
         feature first through a :class:`QuantileGaussianizer`. ``'auto'``: the quantile map when
-        there are at least ``MIN_ROWS_FOR_QUANTILE`` (1,000) rows and
+        there are at least ``MIN_ROWS_FOR_QUANTILE`` (300) rows and
         :func:`marginals_need_gaussianizing` says so, else standardization.
 
     Attributes

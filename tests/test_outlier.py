@@ -180,7 +180,7 @@ def test_pickle_round_trip_keeps_labels(blob):
 def test_detector_standardizes_where_the_density_gaussianizes_marginals():
     # Measured on the ODDS sets: the quantile map that 'auto' picks for skewed tabular data
     # raises the likelihood but lowers the anomaly ranking, so the detector standardizes.
-    X = np.random.RandomState(0).exponential(size=(200, 2))
+    X = np.random.RandomState(0).exponential(size=(400, 2))
     small = dict(hidden_dims=(8,), max_iter=5, validation_interval=5, random_state=0)
     assert FFJORDOutlierDetector(**small).fit(X).preprocessing_ == "standardize"
     assert FFJORDDensity(**small).fit(X).preprocessing_ == "quantile"

@@ -117,3 +117,13 @@ def test_marginal_density_of_the_map_integrates_to_one(kind):
         grid = np.linspace(a, b, 2001)[1:-1]
         total += np.trapezoid(_marginal_density(q, grid), grid) * (b - a) / (grid[-1] - grid[0])
     assert total == pytest.approx(1.0, abs=2e-3)
+
+
+def test_auto_standardizes_small_samples_whatever_their_marginals():
+    # Below MIN_ROWS_FOR_QUANTILE rows the quantile map's knots follow the sample's noise.
+    from skflow.preprocessing import MIN_ROWS_FOR_QUANTILE, InputMap
+    rng = np.random.RandomState(0)
+    skewed = rng.exponential(size=(2 * MIN_ROWS_FOR_QUANTILE, 2))
+    assert marginals_need_gaussianizing(skewed[:MIN_ROWS_FOR_QUANTILE - 1])
+    assert InputMap().fit(skewed[:MIN_ROWS_FOR_QUANTILE - 1]).kind_ == "standardize"
+    assert InputMap().fit(skewed[:MIN_ROWS_FOR_QUANTILE]).kind_ == "quantile"
