@@ -195,10 +195,11 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         in each evaluation), so a fitted model moves between machines.
     n_threads : int or None, default=None
         torch's intra-op threads while fitting and evaluating; the caller's setting is restored
-        afterwards. None: one thread for networks this small (a 64-wide network on batches of
-        1,024 rows gains little from more, and loses badly when other programs or the other
-        fits of a grid search keep the cores busy), torch's current count (which follows
-        ``OMP_NUM_THREADS`` and ``threadpoolctl`` limits) for large ones.
+        afterwards. None: one thread for tiny networks, otherwise the cores that other
+        programs leave free when the work starts (a second thread made a default fit 1.2x
+        faster on an idle 2-core machine, but 2.4x slower with both cores busy), at most
+        torch's current count, which follows ``OMP_NUM_THREADS`` and ``threadpoolctl``
+        limits (and so the ``n_jobs`` of a grid search).
     verbose : int, default=0
         0 silent, 1 a progress bar (tqdm), 2 a line per validation.
     random_state : int, RandomState instance or None, default=None

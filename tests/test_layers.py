@@ -247,16 +247,49 @@ def test_threads_follow_the_parameter_and_the_callers_count_is_restored(monkeypa
     assert torch.get_num_threads() == before
 
 
-def test_large_networks_use_the_threads_torch_has_within_threadpoolctl_limits():
+def test_larger_work_uses_the_cores_other_processes_leave_free(monkeypatch):
     from threadpoolctl import threadpool_limits
 
-    from skflow._threads import intra_op_threads
-    before = torch.get_num_threads()
-    assert intra_op_threads(None, 1024, 64) == 1  # the default network: one thread
-    assert intra_op_threads(None, 4096, 256) == before
-    assert intra_op_threads(3, 1024, 64) == 3
+    from skflow import _threads
+    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(_threads.torch, "get_num_threads", lambda: 4)
+    for busy, expected in [(0.0, 4), (1.2, 3), (3.0, 1), (6.0, 1), (None, 4)]:
+        monkeypatch.setattr(_threads, "cores_busy_elsewhere", lambda busy=busy: busy)
+        assert _threads.intra_op_threads(None, 1024, 64) == expected, busy
+    assert _threads.intra_op_threads(None, 64, 8) == 1  # tiny work: one thread, no measuring
+    assert _threads.intra_op_threads(3, 64, 8) == 3  # asked for
+    monkeypatch.undo()
     with threadpool_limits(1):  # a limit the caller set is honoured
-        assert intra_op_threads(None, 4096, 256) == 1
+        assert _threads.intra_op_threads(None, 4096, 256) == 1
+
+
+def test_cores_busy_elsewhere_counts_other_processes_not_this_one():
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from skflow._threads import cores_busy_elsewhere
+    spinning = True
+
+    def spin():  # this process keeps a core busy: not counted
+        while spinning:
+            pass
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    try:
+        assert cores_busy_elsewhere(0.3) < 0.6
+    finally:
+        spinning = False
+        thread.join()
+    other = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert cores_busy_elsewhere(0.3) > 0.6  # another process's busy core is
+    finally:
+        other.kill()
+        other.wait()
 
 
 # ------------------------------------------------------------------------------ time budget

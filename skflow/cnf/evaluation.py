@@ -45,7 +45,8 @@ class Evaluator:
         Where the solves run.
     n_threads : int or None, default=None
         torch's intra-op threads during a call (the caller's count is restored after it); None:
-        one for small networks, else torch's current count (see :mod:`skflow._threads`).
+        one for tiny work, else the cores other processes leave free (see
+        :mod:`skflow._threads`).
 
     Attributes
     ----------
@@ -79,7 +80,7 @@ class Evaluator:
         self.blocks = [block.frozen() for block in blocks]
         width = max(layer.linear.out_features for layer in blocks[0].net.layers)
         self.chunk_rows = self.rows_in_flight(flow.n_features, width, dtype, self.device)
-        self.threads = intra_op_threads(n_threads, self.chunk_rows, width)
+        self.n_threads, self.width = n_threads, width
 
     @staticmethod
     def rows_in_flight(n_features: int, width: int, dtype: torch.dtype,
@@ -112,7 +113,9 @@ class Evaluator:
     def _gather(self, Z: _ArrayOrTensor, evaluate: Callable[[torch.Tensor], torch.Tensor],
                 width: int | None) -> np.ndarray:
         shape = (Z.shape[0],) if width is None else (Z.shape[0], width)
-        with torch.no_grad(), torch_threads(self.threads):
+        # Threads for this call's size: a few rows are not worth measuring the machine's load.
+        threads = intra_op_threads(self.n_threads, min(Z.shape[0], self.chunk_rows), self.width)
+        with torch.no_grad(), torch_threads(threads):
             parts = [evaluate(chunk).cpu().double() for chunk in self._chunks(Z)]
         return torch.cat(parts).numpy() if parts else np.empty(shape)
 
