@@ -3,6 +3,7 @@
 import copy
 import io
 import pickle
+import warnings
 
 import joblib
 import numpy as np
@@ -216,3 +217,48 @@ def test_every_accepted_training_solver_runs(solver):
     assert est.n_iter_ == 2 and est.history_[-1]["nfe_forward"] > 0
     with pytest.raises(ValueError, match="solver"):
         FFJORDDensity(solver="tsit5").fit(X)
+
+
+# ------------------------------------------------------------------- scikit-learn conventions
+def test_transform_names_its_latent_columns_and_follows_set_output(fitted_2d):
+    pd = pytest.importorskip("pandas")
+    est, X = fitted_2d
+    est = copy.deepcopy(est)
+    names = est.get_feature_names_out()
+    assert list(names) == ["ffjorddensity0", "ffjorddensity1"]
+    frame = est.set_output(transform="pandas").transform(pd.DataFrame(X[:4]))
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == list(names)
+    np.testing.assert_array_equal(frame.to_numpy(), est.set_output(transform="default")
+                                  .transform(X[:4]))
+
+
+def test_missing_values_get_a_message_written_for_a_density(fitted_2d):
+    est, X = fitted_2d
+    Y = X[:5].copy()
+    Y[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN in 1 row\(s\) \(the first is row 2\).*density"
+                                         r".*SimpleImputer") as error:
+        est.score_samples(Y)
+    assert "HistGradientBoosting" not in str(error.value)
+    with pytest.raises(ValueError, match="NaN or infinity in 2 row"):
+        FFJORDDensity(**FAST).fit(np.r_[Y, [[np.inf, 0.0]]])
+
+
+def test_a_bare_int_for_hidden_dims_is_refused_as_ambiguous():
+    with pytest.raises(ValueError, match=r"hidden_dims.*\(64, 64, 64\).*int 64.*\(64,\)"):
+        FFJORDDensity(**{**FAST, "hidden_dims": 64}).fit(make_toy("moons", 50, random_state=0))
+
+
+def test_rows_far_outside_the_training_data_are_scored_with_a_warning(fitted_2d):
+    from skflow.exceptions import ExtrapolationWarning
+    est, X = fitted_2d
+    with pytest.warns(ExtrapolationWarning, match="1 of 3 row.*outside the training data"):
+        est.score_samples(np.r_[X[:2], [[1e3, 0.0]]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rows like the training rows: no warning
+        est.score_samples(X[:50])
+
+
+def test_the_package_ships_its_type_information():
+    import importlib.resources
+    assert importlib.resources.files("skflow").joinpath("py.typed").is_file()
