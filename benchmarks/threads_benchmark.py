@@ -51,14 +51,19 @@ def busy_cores(n):
             loop.wait()
 
 
-def measure(n_threads, max_iter):
-    # A fresh process: torch's thread pool and caches start as a user's would. The process
-    # gets the machine's environment unchanged (no OMP_NUM_THREADS from this script).
+def measure(n_threads, max_iter, limit):
+    """Fit and score in a fresh process (torch's thread pool and caches start as a user's
+    would, with the machine's environment: no OMP_NUM_THREADS from this script). A run past
+    ``limit`` seconds is stopped and reported as taking at least that long."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
                                                              "SKFLOW_BENCH_THREADS")}
-    out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(n_threads),
-                          json.dumps(max_iter)], capture_output=True, text=True, env=env,
-                         check=True)
+    try:
+        out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(n_threads),
+                              json.dumps(max_iter)], capture_output=True, text=True, env=env,
+                             check=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return dict(fit_s=float(limit), score_s=float("nan"), loglik=float("nan"),
+                    note=f"stopped after {limit} s")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -66,6 +71,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-iter", type=int, default=None, help="shorter fits (default: the "
                         "estimator's own)")
+    parser.add_argument("--limit", type=int, default=300, help="seconds after which a "
+                        "setting's run is stopped (oversubscribed threads can take minutes)")
     args = parser.parse_args(argv)
     cores = os.cpu_count()
     settings = {"default policy (n_threads=None)": None, "one thread": 1,
@@ -75,19 +82,20 @@ def main(argv=None):
         with busy_cores(cores if condition != "idle" else 0):
             results = {}
             for label, n_threads in settings.items():
-                results[label] = measure(n_threads, args.max_iter)
+                results[label] = measure(n_threads, args.max_iter, args.limit)
                 print(condition, label, results[label], flush=True)
         best_fit = min(r["fit_s"] for r in results.values())
-        best_score = min(r["score_s"] for r in results.values())
+        best_score = min(r["score_s"] for r in results.values() if r["score_s"] == r["score_s"])
         for label, r in results.items():
             rows.append(dict(condition=condition, setting=label, fit_s=r["fit_s"],
                              fit_ratio=r["fit_s"] / best_fit, score_s=r["score_s"],
-                             score_ratio=r["score_s"] / best_score, loglik=r["loglik"]))
+                             score_ratio=r["score_s"] / best_score, loglik=r["loglik"],
+                             note=r.get("note", "")))
     save("threads", "Threads: the default policy against one thread and torch's default",
          [("Default fit (pinwheel, 10,000 rows) and scoring of 100,000 rows, each in a fresh "
            "process; ratios to the best setting of the same condition",
            markdown_table(rows, ["condition", "setting", "fit_s", "fit_ratio", "score_s",
-                                 "score_ratio", "loglik"]))],
+                                 "score_ratio", "loglik", "note"]))],
          "python benchmarks/threads_benchmark.py " + " ".join(sys.argv[1:] if argv is None
                                                               else argv))
 
