@@ -264,12 +264,15 @@ def test_larger_work_uses_the_cores_other_processes_leave_free(monkeypatch):
 
 
 def test_cores_busy_elsewhere_counts_other_processes_not_this_one():
+    import os
     import subprocess
     import sys
     import threading
     import time
 
     from skflow._threads import cores_busy_elsewhere
+    # Relative to what the rest of the machine does now (a test may share it).
+    baseline = cores_busy_elsewhere(0.3)
     spinning = True
 
     def spin():  # this process keeps a core busy: not counted
@@ -279,14 +282,16 @@ def test_cores_busy_elsewhere_counts_other_processes_not_this_one():
     thread = threading.Thread(target=spin)
     thread.start()
     try:
-        assert cores_busy_elsewhere(0.3) < 0.6
+        assert cores_busy_elsewhere(0.3) < baseline + 0.5
     finally:
         spinning = False
         thread.join()
+    if baseline > os.cpu_count() - 1:
+        pytest.skip("every core is busy already: another process cannot add one")
     other = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
-        assert cores_busy_elsewhere(0.3) > 0.6  # another process's busy core is
+        assert cores_busy_elsewhere(0.3) > baseline + 0.5  # another process's busy core is
     finally:
         other.kill()
         other.wait()
