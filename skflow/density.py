@@ -462,12 +462,16 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         check_is_fitted(self)
         return self._validate_rows(X)
 
-    def _flow_space(self, X, warn=True):
+    # Scoring rows far outside the training data warns that their density is an extrapolation
+    # (an outlier detector, whose job is to find such rows, does not).
+    _warns_extrapolation = True
+
+    def _flow_space(self, X):
         """``(Z, log_det)``: the validated rows ``X`` through the input map; a warning when
         some lie far outside the training data."""
         Z, log_det = self.input_map_.forward(X)
         far = int((np.abs(Z) > _FAR).any(axis=1).sum()) if Z.size else 0
-        if far and warn:
+        if far and self._warns_extrapolation:
             warnings.warn(
                 f"{far} of {len(Z)} row(s) lie more than {_FAR:.0f} training standard deviations "
                 "outside the training data in some feature: their density is an extrapolation.",
@@ -478,9 +482,9 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     def _n_features_out(self) -> int:  # names of transform's latent columns
         return self.n_features_in_
 
-    def _log_density(self, X, warn=True):
+    def _log_density(self, X):
         """Log density of the validated rows ``X``."""
-        Z, log_det = self._flow_space(X, warn)
+        Z, log_det = self._flow_space(X)
         return self._evaluator().log_prob(Z) + log_det
 
     def score_samples(self, X: ArrayLike) -> np.ndarray:

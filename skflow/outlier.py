@@ -93,6 +93,8 @@ best_validation_loss_, device_, world_size_
     array([ 1, -1])
     """
 
+    _warns_extrapolation = False  # rows far from the training data are what it looks for
+
     _parameter_constraints = {
         **FFJORDDensity._parameter_constraints,
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
@@ -131,7 +133,7 @@ best_validation_loss_, device_, world_size_
         fails (training or scoring), the fitted state is restored as it was."""
         with atomic_fit(self):
             X, result = self._fit(X, partial=partial)
-            scores = self._log_density(X, warn=False)
+            scores = self._log_density(X)
             # Rows the flow trained on score higher than new rows: a threshold taken from them
             # would flag several times the contamination among new inliers.
             share = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination

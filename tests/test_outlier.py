@@ -200,3 +200,11 @@ def test_held_out_calibration_flags_about_contamination_of_new_inliers():
                for calibration in ("held_out", "training")}
     assert 0.05 / 1.5 < flagged["held_out"] < 0.05 * 1.5
     assert flagged["training"] > flagged["held_out"]
+
+
+def test_the_detector_scores_far_rows_without_an_extrapolation_warning(blob):
+    # Rows far from the training data are what a detector looks for: no warning about them.
+    det = _detector(contamination=0.05).fit(blob)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert det.predict([[80.0, -60.0]])[0] == -1
