@@ -105,17 +105,17 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         the 2-D toy densities. ``'quantile'``: a monotone piecewise-linear map of each feature to a
         standard-normal marginal, with knots at empirical quantiles (see
         :class:`skflow.preprocessing.QuantileGaussianizer`), so the flow only has to learn the
-        dependence between features; it scored better on every real tabular set measured (skewed,
-        heavy-tailed or few-valued features; see the README). ``'auto'``: the quantile map when
-        there are at least 300 rows (below, its knots follow the sample's noise) and some feature
-        is strongly skewed (|skewness| > 1), heavy-tailed (excess kurtosis > 3) or has one value in
-        over 5% of the rows, else standardization (see
+        dependence between features; it scored better on the real tabular sets of over 300 rows
+        measured (skewed, heavy-tailed or few-valued features; see benchmarks/README.md).
+        ``'auto'``: the quantile map when there are at least 300 rows (below, its knots follow the
+        sample's noise) and some feature is strongly skewed (|skewness| > 1), heavy-tailed (excess
+        kurtosis > 3) or has one value in over 5% of the rows, else standardization (see
         :func:`skflow.preprocessing.marginals_need_gaussianizing`); the choice is stored in
         ``preprocessing_``.
     activation : {'silu', 'softplus', 'tanh', 'elu', 'swish'}, default='silu'
         Non-linearity between layers; all are smooth, which keeps the ODE non-stiff. ``'swish'``
         learns its slope, ``'silu'`` is swish with slope 1 (it trains fastest with flow
-        matching: see the README).
+        matching: see benchmarks/README.md).
     n_blocks : int, default=1
         Number of stacked CNF blocks, each with its own dynamics network.
     time_length : float, default=1.0
@@ -129,7 +129,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         training, and keeps an exponential moving average of the weights (decay 0.999);
         ``'ot_flow_matching'`` pairs data and noise by minibatch optimal transport first
         (Tong et al. 2024). All three give the same kind of model, scored the same way; the
-        default is the one that reaches a good density fastest on a CPU (see the README).
+        default is the one that reaches a good density fastest on a CPU (see benchmarks/README.md).
     divergence : {'hutchinson', 'exact'}, default='hutchinson'
         Trace of the Jacobian during likelihood training: Hutchinson's unbiased one-probe
         estimate (linear cost) or the exact trace (cost grows with the number of features).
