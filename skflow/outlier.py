@@ -134,17 +134,12 @@ best_validation_loss_, device_, world_size_
         with atomic_fit(self):
             X, result = self._fit(X, partial=partial)
             scores = self._log_density(X)
+            share = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
             # Rows the flow trained on score higher than new rows: a threshold taken from them
             # would flag several times the contamination among new inliers.
-            share = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
-            if result.validation_rows is None or self.calibration == "training":
-                offset = float(np.percentile(scores, 100.0 * share))
-            else:
-                # A new row falls below the k-th lowest of n held-out scores with probability
-                # k / (n + 1) ('weibull'); the default interpolation sits about one rank
-                # higher, which on a small split flags visibly more than the share.
-                offset = float(np.percentile(scores[result.validation_rows], 100.0 * share,
-                                             method="weibull"))
+            held_out = (scores if result.validation_rows is None
+                        or self.calibration == "training" else scores[result.validation_rows])
+            offset = float(np.percentile(held_out, 100.0 * share))
             if not np.isfinite(offset):
                 raise FloatingPointError(
                     f"The log densities of the training rows gave a non-finite threshold "
