@@ -204,7 +204,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         0 silent, 1 a progress bar (tqdm), 2 a line per validation.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialization, the split, the minibatches and the noise, so that ``fit`` is
-        repeatable on the CPU.
+        repeatable on the CPU; bit for bit with a fixed ``n_threads`` (None adapts the threads
+        to the machine's load, and sums over threads round differently).
 
     Attributes
     ----------
