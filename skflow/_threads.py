@@ -1,8 +1,9 @@
 """How many threads torch uses while skflow works.
 
-A second thread speeds a default fit up by about 1.2x and scoring by 1.6x on an idle 2-core
-machine, but slows them down by 2.4x and 1.9x when other programs keep the cores busy
-(``benchmarks/results/threads.md``): oversubscription costs more than threads gain. So work
+A second thread made a default fit 1.15x faster and the scoring of 100,000 rows 2.3x faster on
+an idle 2-core machine, but with both cores kept busy by other programs the fit took more than
+5.8x as long as on one thread (``benchmarks/results/threads.md``): oversubscription costs more
+than threads gain. So work
 that is not tiny runs on the cores that other processes leave free, measured over a tenth of
 a second when it starts, at most on the threads torch has (which follows ``OMP_NUM_THREADS``,
 ``torch.set_num_threads`` and ``threadpoolctl`` limits, and so a grid search's ``n_jobs``);

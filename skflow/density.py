@@ -196,8 +196,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     n_threads : int or None, default=None
         torch's intra-op threads while fitting and evaluating; the caller's setting is restored
         afterwards. None: one thread for tiny networks, otherwise the cores that other
-        programs leave free when the work starts (a second thread made a default fit 1.2x
-        faster on an idle 2-core machine, but 2.4x slower with both cores busy), at most
+        programs leave free when the work starts (a second thread made a default fit 1.15x
+        faster on an idle 2-core machine, but over 5.8x slower with both cores busy), at most
         torch's current count, which follows ``OMP_NUM_THREADS`` and ``threadpoolctl``
         limits (and so the ``n_jobs`` of a grid search).
     verbose : int, default=0

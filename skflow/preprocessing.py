@@ -22,7 +22,8 @@ _SKEWNESS, _EXCESS_KURTOSIS, _ATOM_SHARE = 1.0, 3.0, 0.05
 # Below this many rows 'auto' standardizes: the quantile map's knots then follow the sample's
 # noise. Fitted on 120 and 142 rows (iris, wine) the map lost 1.5 and 2.1 nats to
 # standardization; on 353, 455 and 824 rows (diabetes, breast cancer, concrete) it gained 1.6,
-# lost 0.1 and gained 9.2 (benchmarks/results/quality.md and quality_baseline.md).
+# lost 0.1 and gained 9.2 (benchmarks/results/: the map in quality_baseline.md, standardization
+# in quality_small_data_rules.md, which standardized below 1,000 rows).
 MIN_ROWS_FOR_QUANTILE = 300
 
 

@@ -308,7 +308,7 @@ def test_max_time_ends_training_with_the_best_validated_weights_and_no_warning()
     assert 0 < est.n_iter_ < 100_000
     # One last validation when the time ran out; its weights are the ones kept.
     assert [entry["iteration"] for entry in est.history_] == [est.n_iter_]
-    assert 0.9 < est.history_[-1]["time"] < 5.0
+    assert est.history_[-1]["time"] >= 1.0  # validated once the budget was spent
     assert est.best_validation_loss_ == est.history_[-1]["val_loss"]
     assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
     # The learning rate decayed over the time budget, as it would over max_iter.

@@ -113,8 +113,10 @@ class Evaluator:
     def _gather(self, Z: _ArrayOrTensor, evaluate: Callable[[torch.Tensor], torch.Tensor],
                 width: int | None) -> np.ndarray:
         shape = (Z.shape[0],) if width is None else (Z.shape[0], width)
-        # Threads for this call's size: a few rows are not worth measuring the machine's load.
-        threads = intra_op_threads(self.n_threads, min(Z.shape[0], self.chunk_rows), self.width)
+        # A call of a few batches takes less time than measuring the machine's load (0.1 s):
+        # one thread, unless asked for more.
+        rows = self.chunk_rows if Z.shape[0] >= 4 * self.chunk_rows else 0
+        threads = intra_op_threads(self.n_threads, rows, self.width)
         with torch.no_grad(), torch_threads(threads):
             parts = [evaluate(chunk).cpu().double() for chunk in self._chunks(Z)]
         return torch.cat(parts).numpy() if parts else np.empty(shape)
