@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import warnings
 from numbers import Real
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import OutlierMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import KFold
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._state import atomic_fit
 from .density import FFJORDDensity
+from .exceptions import ExtrapolationWarning
 
 __all__ = ["FFJORDOutlierDetector"]
 
 #: Share of new rows below the threshold when ``contamination='auto'``.
 AUTO_CONTAMINATION = 0.01
+#: Held-out rows that ``calibration='auto'`` wants below the threshold before it trusts the
+#: validation split alone: the share flagged below the k-th lowest of n held-out scores has a
+#: standard deviation of about 1/sqrt(k) of its mean (a fifth of it at 25).
+MIN_ROWS_BEYOND_THRESHOLD = 25
+#: Folds of ``calibration='cross_fit'``: each fold's flow trains on four fifths of the rows.
+CALIBRATION_FOLDS = 5
 
 
 class FFJORDOutlierDetector(OutlierMixin, FFJORDDensity):
@@ -24,10 +35,11 @@ class FFJORDOutlierDetector(OutlierMixin, FFJORDDensity):
 
     The flow is fitted exactly as :class:`~skflow.FFJORDDensity` fits it (all its parameters
     apply, with the same defaults except ``preprocessing``). A threshold ``offset_`` on the log
-    density is then set from the rows held out from training (the validation split), so that
-    ``predict`` labels about the share ``contamination`` of new rows from the training
-    distribution as outliers. A flow scores the rows it trained on higher than new ones: a
-    threshold taken from the training rows would flag several times that share of new inliers.
+    density is then set from rows held out from training (the validation split, or every row by
+    cross-fitting when the split is small), so that ``predict`` labels about the share
+    ``contamination`` of new rows from the training distribution as outliers. A flow scores
+    the rows it trained on higher than new ones: a threshold taken from the training rows
+    would flag several times that share of new inliers.
 
     Parameters
     ----------
@@ -43,26 +55,35 @@ n_threads, verbose, random_state
         ``benchmarks/results/odds.md``).
     contamination : 'auto' or float in (0, 0.5], default='auto'
         Expected share of outliers; ``offset_`` is the ``100 * contamination`` percentile of the
-        log densities of the held-out rows (of the training rows when none are held out:
-        ``validation_fraction=0`` or ``partial_fit``). ``'auto'`` uses ``contamination=0.01``.
-        (scikit-learn's
-        :class:`~sklearn.ensemble.IsolationForest` uses a fixed offset for ``'auto'``; a fixed
-        value has no meaning for a log density, whose scale depends on the units and the
-        dimension of the data.)
-    calibration : {'held_out', 'training'}, default='held_out'
+        log densities of the calibration rows (see ``calibration``; the training rows when none
+        are held out: ``validation_fraction=0`` or ``partial_fit``). ``'auto'`` uses
+        ``contamination=0.01``. (scikit-learn's :class:`~sklearn.ensemble.IsolationForest` uses
+        a fixed offset for ``'auto'``; a fixed value has no meaning for a log density, whose
+        scale depends on the units and the dimension of the data.)
+    calibration : {'auto', 'held_out', 'cross_fit', 'training'}, default='auto'
         The rows whose log densities set ``offset_``. ``'held_out'``: the validation split,
         which the flow did not train on, so that about ``contamination`` of new rows from the
         training distribution are flagged (on breast cancer, with ``contamination=0.01``, a
         threshold from the training rows flagged 11% of new benign rows; see
-        ``benchmarks/results/odds.md``). ``'training'``: all training rows, scikit-learn's
-        convention (as :class:`~sklearn.ensemble.IsolationForest`), so that ``fit_predict``
-        flags exactly that share of them: for finding the outliers in the data fitted on.
+        ``benchmarks/results/odds.md``). ``'cross_fit'``: every training row, each scored by a
+        flow fitted with the same parameters on the other four of five folds; five more fits,
+        for a threshold from as many new rows as there are training rows. ``'auto'``:
+        ``'held_out'`` when the validation split has at least 25 rows below the threshold
+        (``validation_fraction * n_samples * contamination >= 25``), else ``'cross_fit'``: the
+        threshold from a few dozen held-out rows flagged from a third to three times the
+        contamination (``benchmarks/results/outlier_threshold.md``). ``'training'``: all
+        training rows, scikit-learn's convention (as :class:`~sklearn.ensemble.IsolationForest`),
+        so that ``fit_predict`` flags that share of them: for finding the outliers in the data
+        fitted on.
 
     Attributes
     ----------
     offset_ : float
         Log-density threshold: ``decision_function = score_samples - offset_``, and rows with a
         negative decision are outliers.
+    calibration_ : {'held_out', 'cross_fit', 'training'}
+        The rows ``offset_`` was set from (what ``'auto'`` chose; ``'training'`` whenever no
+        row was held out).
     input_map_, preprocessing_, flow_, n_features_in_, feature_names_in_, n_iter_, history_, \
 best_validation_loss_, device_, world_size_
         As in :class:`~skflow.FFJORDDensity`.
@@ -76,7 +97,8 @@ best_validation_loss_, device_, world_size_
     Notes
     -----
     ``fit`` scores every row once more after training (with the exact, per-row evaluation),
-    which adds the cost of one ``score_samples`` call on the training data. ``partial_fit``
+    which adds the cost of one ``score_samples`` call on the training data; a cross-fitted
+    calibration adds five fits on four fifths of the rows. ``partial_fit``
     sets ``offset_`` from the chunk it was given. Calibrated on held-out rows, the share of
     training rows flagged is not exactly ``contamination`` (it is usually smaller).
 
@@ -98,7 +120,7 @@ best_validation_loss_, device_, world_size_
     _parameter_constraints = {
         **FFJORDDensity._parameter_constraints,
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
-        "calibration": [StrOptions({"held_out", "training"})],
+        "calibration": [StrOptions({"auto", "held_out", "cross_fit", "training"})],
     }
 
     def __init__(
@@ -110,7 +132,7 @@ best_validation_loss_, device_, world_size_
         weight_decay=1e-5, batch_size=1024, max_iter="auto", max_time=None,
         validation_fraction=0.1, n_iter_no_change=10, validation_interval="auto", warm_start=False,
         device="auto", n_threads=None, verbose=0, random_state=None, contamination="auto",
-        calibration="held_out",
+        calibration="auto",
     ):
         super().__init__(
             hidden_dims=hidden_dims, preprocessing=preprocessing, activation=activation,
@@ -128,23 +150,64 @@ best_validation_loss_, device_, world_size_
 
     # ------------------------------------------------------------------ fitting
     def _fit_and_threshold(self, X, partial):
-        """Train, then set ``offset_`` from the log densities of the rows held out from
-        training (all rows when none were), and return the log densities of ``X``; if anything
-        fails (training or scoring), the fitted state is restored as it was."""
+        """Train, then set ``offset_`` from the log densities of rows that the flow scoring
+        them did not train on (see ``calibration``), and return the log densities of ``X``; if
+        anything fails (training, the calibration fits or scoring), the fitted state is
+        restored as it was."""
         with atomic_fit(self):
             X, result = self._fit(X, partial=partial)
             scores = self._log_density(X)
             share = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
-            # Rows the flow trained on score higher than new rows: a threshold taken from them
-            # would flag several times the contamination among new inliers.
-            held_out = (scores if result.validation_rows is None
-                        or self.calibration == "training" else scores[result.validation_rows])
-            offset = float(np.percentile(held_out, 100.0 * share))
+            self.calibration_ = self._calibration_rule(len(X), result.validation_rows, share)
+            if self.calibration_ == "training":
+                calibration_scores = scores
+            elif self.calibration_ == "held_out":
+                calibration_scores = scores[result.validation_rows]
+            else:
+                calibration_scores = self._cross_fitted_log_density(X)
+            # For new rows, the Weibull plotting position: below the k-th lowest of n held-out
+            # scores lies on average the share k / (n + 1) of new rows. For the training rows,
+            # scikit-learn's percentile: that share of those very rows.
+            method = "linear" if self.calibration_ == "training" else "weibull"
+            offset = float(np.percentile(calibration_scores, 100.0 * share, method=method))
             if not np.isfinite(offset):
                 raise FloatingPointError(
-                    f"The log densities of the training rows gave a non-finite threshold "
+                    f"The log densities of the calibration rows gave a non-finite threshold "
                     f"({offset}); the flow did not fit these data.")
             self.offset_ = offset
+        return scores
+
+    def _calibration_rule(self, n_rows, validation_rows, share):
+        """What ``calibration`` resolves to for this fit."""
+        if self.calibration == "training" or validation_rows is None:
+            return "training"  # partial_fit or validation_fraction=0: no row was held out
+        if self.calibration == "auto":
+            enough = len(validation_rows) * share >= MIN_ROWS_BEYOND_THRESHOLD
+            return "held_out" if enough else "cross_fit"
+        if self.calibration == "cross_fit" and n_rows < 2 * CALIBRATION_FOLDS:
+            return "held_out"  # too few rows to train five flows on
+        return self.calibration
+
+    def _cross_fitted_log_density(self, X):
+        """The log density of every row of ``X`` under a flow fitted, with this detector's
+        parameters, on the other folds (``CALIBRATION_FOLDS`` of them): new rows for the flow
+        that scores them, as many as there are training rows."""
+        params = {name: value for name, value in self.get_params().items()
+                  if name in FFJORDDensity._parameter_constraints}
+        params.update(warm_start=False, verbose=0)
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        scores = np.empty(len(X))
+        folds = KFold(CALIBRATION_FOLDS, shuffle=True, random_state=seed).split(X)
+        for fold, (train, held_out) in enumerate(folds):
+            if self.verbose:
+                print(f"calibration: fold {fold + 1} of {CALIBRATION_FOLDS}", flush=True)
+            with warnings.catch_warnings():
+                # The detector's own fit has warned about convergence already; far rows are
+                # what it looks for.
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                warnings.simplefilter("ignore", ExtrapolationWarning)
+                density = FFJORDDensity(**{**params, "random_state": seed + fold})
+                scores[held_out] = density.fit(X[train]).score_samples(X[held_out])
         return scores
 
     @_fit_context(prefer_skip_nested_validation=True)

@@ -27,7 +27,7 @@ def expected_failures(detector):
     """float32 rounding, and the two checks that the share flagged among the training rows is
     contamination, which a threshold calibrated on held-out rows does not promise."""
     failures = float32_rounding(detector)
-    if detector.calibration == "held_out":
+    if detector.calibration != "training":
         reason = "the threshold is calibrated on held-out rows, not on the training rows"
         failures.update(check_outliers_train=reason, check_outliers_fit_predict=reason)
     return failures
@@ -63,7 +63,7 @@ def test_signature_repeats_every_density_parameter_with_its_default():
             assert detector[name].default == parameter.default, name
     assert detector["preprocessing"].default == "standardize"
     assert detector["contamination"].default == "auto"
-    assert detector["calibration"].default == "held_out"
+    assert detector["calibration"].default == "auto"
     assert FFJORDOutlierDetector().get_params()["contamination"] == "auto"
 
 
@@ -132,7 +132,7 @@ def test_unfitted_detector_refuses_to_predict(blob):
 
 def test_failed_threshold_leaves_a_fresh_detector_unfitted(blob, monkeypatch):
     det = _detector()
-    monkeypatch.setattr(FFJORDOutlierDetector, "_log_density",  # what the threshold scores
+    monkeypatch.setattr(FFJORDDensity, "_log_density",  # what the threshold scores
                         lambda self, X, warn=True: np.full(len(X), np.nan))
     with pytest.raises(FloatingPointError, match="threshold"):
         det.fit(blob)
@@ -200,6 +200,46 @@ def test_held_out_calibration_flags_about_contamination_of_new_inliers():
                for calibration in ("held_out", "training")}
     assert 0.05 / 1.5 < flagged["held_out"] < 0.05 * 1.5
     assert flagged["training"] > flagged["held_out"]
+
+
+def test_auto_calibration_cross_fits_when_the_split_has_too_few_rows_beyond_the_threshold(blob):
+    # 40 validation rows hold 2 rows below a 5% threshold: too few, so every row is scored by
+    # a flow fitted on the other folds; 200 validation rows at 25% hold 50: enough.
+    assert _detector(contamination=0.05).fit(blob).calibration_ == "cross_fit"
+    assert _detector(contamination=0.25, validation_fraction=0.5).fit(blob).calibration_ == (
+        "held_out")
+    assert _detector(validation_fraction=0.0).fit(blob).calibration_ == "training"
+    assert _detector().partial_fit(blob).calibration_ == "training"
+
+
+def test_cross_fitted_threshold_is_the_percentile_of_out_of_fold_log_densities(blob):
+    # Recomputed by hand: five flows, each fitted on four folds, score the fifth.
+    from sklearn.model_selection import KFold
+    from sklearn.utils import check_random_state
+
+    from skflow.outlier import CALIBRATION_FOLDS
+    det = _detector(contamination=0.1, calibration="cross_fit").fit(blob)
+    seed = check_random_state(det.random_state).randint(np.iinfo(np.int32).max)
+    params = {k: v for k, v in det.get_params().items()
+              if k not in ("contamination", "calibration")}
+    scores = np.empty(len(blob))
+    folds = KFold(CALIBRATION_FOLDS, shuffle=True, random_state=seed).split(blob)
+    for fold, (train, held_out) in enumerate(folds):
+        density = FFJORDDensity(**{**params, "random_state": seed + fold}).fit(blob[train])
+        scores[held_out] = density.score_samples(blob[held_out])
+    assert det.offset_ == pytest.approx(np.percentile(scores, 10.0, method="weibull"))
+
+
+def test_cross_fitted_calibration_flags_about_contamination_of_new_inliers():
+    # 400 rows with a 10% validation split leave 2 held-out rows below a 5% threshold; the
+    # cross-fitted threshold comes from all 400, each scored by a flow that did not train on it.
+    rng = np.random.RandomState(1)
+    X, X_new = rng.standard_t(3, size=(400, 3)), rng.standard_t(3, size=(20000, 3))
+    det = FFJORDOutlierDetector(hidden_dims=(64, 64), max_iter=400, validation_interval=100,
+                                learning_rate=1e-2, n_iter_no_change=None, contamination=0.05,
+                                random_state=0).fit(X)
+    assert det.calibration_ == "cross_fit"
+    assert 0.05 / 1.5 < (det.predict(X_new) == -1).mean() < 0.05 * 1.5
 
 
 def test_the_detector_scores_far_rows_without_an_extrapolation_warning(blob):
