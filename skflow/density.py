@@ -98,19 +98,18 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         Widths of the hidden layers of the dynamics network; time enters every layer
         (concatsquash layers). A bare int is refused as ambiguous: write ``(64,)`` for one
         hidden layer of 64.
-    preprocessing : {'auto', 'standardize', 'quantile'}, default='auto'
+    preprocessing : {'auto', 'standardize', 'quantile', 'pca_quantile'}, default='auto'
         The invertible map in front of the flow (:class:`skflow.preprocessing.InputMap`), with its
         exact log-Jacobian, always ending in per-feature standardization. ``'standardize'``: mean
-        and standard deviation only; smooth densities, better on smooth light-tailed data such as
-        the 2-D toy densities. ``'quantile'``: a monotone piecewise-linear map of each feature to a
-        standard-normal marginal, with knots at empirical quantiles (see
+        and standard deviation only. ``'quantile'``: a monotone piecewise-linear map of each
+        feature to a standard-normal marginal, with knots at empirical quantiles (see
         :class:`skflow.preprocessing.QuantileGaussianizer`), so the flow only has to learn the
-        dependence between features; it scored better on the real tabular sets of over 300 rows
-        measured (skewed, heavy-tailed or few-valued features; see benchmarks/README.md).
-        ``'auto'``: the quantile map when there are at least 300 rows (below, its knots follow the
-        sample's noise) and some feature is strongly skewed (|skewness| > 1), heavy-tailed (excess
-        kurtosis > 3) or has one value in over 5% of the rows, else standardization (see
-        :func:`skflow.preprocessing.marginals_need_gaussianizing`); the choice is stored in
+        dependence between features: skewed, heavy-tailed or few-valued features.
+        ``'pca_quantile'``: the rows rotated onto their whitened principal components, then the
+        quantile map of each: strongly correlated features. ``'auto'``: standardization below
+        300 rows (the quantile map's knots then follow the sample's noise), else the map under
+        which a Gaussian fits a fifth of the rows held out best
+        (:func:`skflow.preprocessing.choose_input_map`); the choice is stored in
         ``preprocessing_``.
     activation : {'silu', 'softplus', 'tanh', 'elu', 'swish'}, default='silu'
         Non-linearity between layers; all are smooth, which keeps the ODE non-stiff. ``'swish'``
@@ -211,7 +210,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     ----------
     input_map_ : skflow.preprocessing.InputMap
         The fitted map from data to flow space (all of preprocessing and its log-Jacobian).
-    preprocessing_ : {'standardize', 'quantile'}
+    preprocessing_ : {'standardize', 'quantile', 'pca_quantile'}
         The preprocessing used (``preprocessing='auto'`` resolved on the training data).
     flow_ : skflow.cnf.flow.ContinuousFlow
         The fitted flow on mapped rows (a torch module in float64, kept on the CPU).
@@ -258,7 +257,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
 
     _parameter_constraints = {
         "hidden_dims": ["array-like", Integral],
-        "preprocessing": [StrOptions({"auto", "standardize", "quantile"})],
+        "preprocessing": [StrOptions({"auto", "standardize", "quantile", "pca_quantile"})],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
         "time_length": [Interval(Real, 0, None, closed="neither")],

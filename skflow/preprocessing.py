@@ -1,8 +1,10 @@
-"""The input map: the invertible per-feature map from data to the space the flow sees.
+"""The input map: the invertible map from data to the space the flow sees.
 
-:class:`InputMap` owns all of preprocessing and its log-Jacobian: an optional quantile map of
-each feature to a normal marginal (:class:`QuantileGaussianizer`), then standardization. The
-flow sees only mapped rows, so that ``log p(x) = log p_flow(z) + log |det dz/dx|``.
+:class:`InputMap` owns all of preprocessing and its log-Jacobian: an optional rotation onto
+whitened principal components (:class:`PCAWhitening`), an optional quantile map of each
+feature to a normal marginal (:class:`QuantileGaussianizer`), then standardization;
+:func:`choose_input_map` picks among them for ``'auto'``. The flow sees only mapped rows, so
+that ``log p(x) = log p_flow(z) + log |det dz/dx|``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import kurtosis, norm, skew
 
-__all__ = ["InputMap", "QuantileGaussianizer", "marginals_need_gaussianizing"]
+__all__ = ["InputMap", "PCAWhitening", "QuantileGaussianizer", "choose_input_map",
+           "marginals_need_gaussianizing"]
 
 # Thresholds of the 'auto' choice. The 2-D toy densities and smooth synthetic data stay below
 # |skewness| 0.3 and excess kurtosis 0; every real tabular set measured (MINIBOONE, the ODDS
@@ -25,6 +28,15 @@ _SKEWNESS, _EXCESS_KURTOSIS, _ATOM_SHARE = 1.0, 3.0, 0.05
 # lost 0.1 and gained 9.2 (benchmarks/results/: the map in quality_baseline.md, standardization
 # in quality_small_data_rules.md, which standardized below 1,000 rows).
 MIN_ROWS_FOR_QUANTILE = 300
+# Nats per row that a more elaborate input map must gain, in choose_input_map, over a simpler
+# one, when no marginal is skewed, heavy-tailed or repeated (marginals_need_gaussianizing):
+# the flow then removes much of what a Gaussian leaves in either space. On the 2-D toy
+# densities the quantile map gained 0.3-0.7 nats for a Gaussian and lost 0.05-0.25 for the
+# flow; on puma32h (33 bounded, light-tailed features) it gained 5.1 for a Gaussian and 4.9 for
+# the flow. With such marginals a hundredth of a nat suffices: a flow started at the identity
+# cannot make a point mass or a heavy tail by itself.
+MIN_GAIN_FOR_A_MAP = 1.0
+MIN_GAIN_FOR_A_MAP_NON_GAUSSIAN_MARGINALS = 0.01
 
 
 def marginals_need_gaussianizing(X: np.ndarray) -> bool:
@@ -33,7 +45,8 @@ def marginals_need_gaussianizing(X: np.ndarray) -> bool:
     A CNF with Lipschitz dynamics started at the identity maps a Gaussian to light-tailed
     densities only (Jaini et al. 2020, "Tails of Lipschitz triangular flows"), and a value
     repeated in many rows is a near point mass: such marginals are better handled by the
-    quantile map in front of the flow. ``preprocessing='auto'`` uses it when this returns True.
+    quantile map in front of the flow. :func:`choose_input_map` then takes a map that gains
+    even a little over standardization.
 
     Examples
     --------
@@ -70,27 +83,32 @@ def _column_mean_std(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class InputMap:
-    """Data to flow space and back: an optional quantile map, then standardization.
+    """Data to flow space and back: optional decorrelation and quantile maps, then
+    standardization.
 
     Fitted once on the training rows, in float64 (casting raw data centred at 1e3 with a spread
     of 1e-3 to float32 would lose the signal before standardization could rescue it).
 
     Parameters
     ----------
-    kind : {'auto', 'standardize', 'quantile'}, default='auto'
+    kind : {'auto', 'standardize', 'quantile', 'pca_quantile'}, default='auto'
         ``'standardize'``: mean and standard deviation per feature. ``'quantile'``: each
-        feature first through a :class:`QuantileGaussianizer`. ``'auto'``: the quantile map when
-        there are at least ``MIN_ROWS_FOR_QUANTILE`` (300) rows and
-        :func:`marginals_need_gaussianizing` says so, else standardization.
+        feature first through a :class:`QuantileGaussianizer`. ``'pca_quantile'``: the rows
+        first rotated onto their whitened principal components (:class:`PCAWhitening`), then
+        the quantile map of each component: for strongly correlated features, whose
+        dependence the marginal map alone leaves for the flow. ``'auto'``: the map that
+        :func:`choose_input_map` picks.
 
     Attributes
     ----------
-    kind_ : {'standardize', 'quantile'}
+    kind_ : {'standardize', 'quantile', 'pca_quantile'}
         The map used (``'auto'`` resolved on the training rows).
+    whitening_ : PCAWhitening or None
+        The fitted rotation, when ``kind_ == 'pca_quantile'``.
     quantile_ : QuantileGaussianizer or None
-        The fitted marginal map, when ``kind_ == 'quantile'``.
+        The fitted marginal map, unless ``kind_ == 'standardize'``.
     shift_, scale_ : ndarray of shape (n_features,)
-        The standardization ``(u - shift_) / scale_`` of the (quantile-mapped) features ``u``.
+        The standardization ``(u - shift_) / scale_`` of the mapped features ``u``.
 
     Examples
     --------
@@ -125,29 +143,130 @@ class InputMap:
                 f"Column(s) {', '.join(columns)} of X are constant: a continuous density is "
                 "not defined along a constant feature. Drop them (e.g. with "
                 "sklearn.feature_selection.VarianceThreshold) before fitting.")
-        kind = self.kind
-        if kind == "auto":
-            kind = ("quantile" if len(X) >= MIN_ROWS_FOR_QUANTILE
-                    and marginals_need_gaussianizing(X) else "standardize")
-        self.kind_ = kind
-        self.quantile_ = QuantileGaussianizer().fit(X) if kind == "quantile" else None
-        U = self.quantile_.forward(X)[0] if self.quantile_ is not None else X
+        self.kind_ = choose_input_map(X) if self.kind == "auto" else self.kind
+        self.whitening_ = PCAWhitening().fit(X) if self.kind_ == "pca_quantile" else None
+        R = self.whitening_.forward(X)[0] if self.whitening_ is not None else X
+        self.quantile_ = QuantileGaussianizer().fit(R) if self.kind_ != "standardize" else None
+        U = self.quantile_.forward(R)[0] if self.quantile_ is not None else R
         self.shift_, self.scale_ = _column_mean_std(U)[:2]
         return self
 
     def forward(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(Z, log_det)``: the rows in flow space and ``log |det dZ/dX|`` of each row."""
-        X = np.asarray(X, dtype=np.float64)
-        if self.quantile_ is not None:
-            U, log_det = self.quantile_.forward(X)
-        else:
-            U, log_det = X, np.zeros(X.shape[0])
+        U = np.asarray(X, dtype=np.float64)
+        log_det = np.zeros(U.shape[0])
+        for step in (self.whitening_, self.quantile_):
+            if step is not None:
+                U, step_log_det = step.forward(U)
+                log_det += step_log_det
         return (U - self.shift_) / self.scale_, log_det - np.log(self.scale_).sum()
 
     def inverse(self, Z: np.ndarray) -> np.ndarray:
         """The data rows that :meth:`forward` maps to ``Z``."""
         U = np.asarray(Z, dtype=np.float64) * self.scale_ + self.shift_
-        return self.quantile_.inverse(U) if self.quantile_ is not None else U
+        for step in (self.quantile_, self.whitening_):
+            if step is not None:
+                U = step.inverse(U)
+        return U
+
+
+def _gaussian_log_likelihood(Z_fit: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """Log density of the rows ``Z`` under the Gaussian (full covariance, a 1e-6 ridge)
+    fitted to ``Z_fit``."""
+    mean = Z_fit.mean(axis=0)
+    covariance = np.atleast_2d(np.cov(Z_fit, rowvar=False)) + 1e-6 * np.eye(Z_fit.shape[1])
+    factor = np.linalg.cholesky(covariance)
+    solved = np.linalg.solve(factor, (Z - mean).T)
+    return (-0.5 * (solved ** 2).sum(axis=0) - np.log(np.diag(factor)).sum()
+            - 0.5 * Z.shape[1] * np.log(2 * np.pi))
+
+
+def choose_input_map(X: np.ndarray, validation_share: float = 0.2, seed: int = 0) -> str:
+    """The input map under which a Gaussian fits ``X`` best: what ``kind='auto'`` uses.
+
+    Each candidate map ('standardize', 'quantile', 'pca_quantile') is fitted on a random
+    ``1 - validation_share`` of the rows, a Gaussian (full covariance) is fitted to the mapped
+    rows, and the others are scored in data units (with the map's log-Jacobian); the best
+    held-out score wins, a more elaborate map only by ``MIN_GAIN_FOR_A_MAP`` (1 nat per row)
+    over a simpler one, or by a hundredth of a nat when some marginal is skewed, heavy-tailed
+    or has a repeated value (:func:`marginals_need_gaussianizing`). The map that leaves the
+    most Gaussian-like rows leaves the flow the least to learn: on the development suite this
+    choice matched the flow's own held-out likelihood for every set where both were measured
+    (``benchmarks/results/quality.md``). Below ``MIN_ROWS_FOR_QUANTILE`` rows it is
+    'standardize'.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skflow.preprocessing import choose_input_map
+    >>> rng = np.random.RandomState(0)
+    >>> choose_input_map(rng.normal(size=(500, 3))), choose_input_map(rng.lognormal(size=(500, 3)))
+    ('standardize', 'quantile')
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if len(X) < MIN_ROWS_FOR_QUANTILE:
+        return "standardize"
+    order = np.random.RandomState(seed).permutation(len(X))
+    n_validation = int(round(validation_share * len(X)))
+    fit_rows, validation_rows = X[order[n_validation:]], X[order[:n_validation]]
+    scores = {}
+    for kind in ("standardize", "quantile", "pca_quantile"):
+        try:
+            input_map = InputMap(kind).fit(fit_rows)
+            Z, log_det = input_map.forward(validation_rows)
+            score = np.mean(_gaussian_log_likelihood(input_map.forward(fit_rows)[0], Z) + log_det)
+        except (ValueError, np.linalg.LinAlgError):  # e.g. a column constant on these rows
+            score = -np.inf
+        scores[kind] = score if np.isfinite(score) else -np.inf
+    margin = (MIN_GAIN_FOR_A_MAP_NON_GAUSSIAN_MARGINALS if marginals_need_gaussianizing(X)
+              else MIN_GAIN_FOR_A_MAP)
+    best = "standardize"
+    for kind in ("quantile", "pca_quantile"):
+        if scores[kind] > scores[best] + margin:
+            best = kind
+    return best
+
+
+class PCAWhitening:
+    """The rows rotated onto their principal components, each scaled to unit variance.
+
+    Computed on the standardized features; a principal variance below a millionth of the
+    largest is floored there, so that exactly collinear features (a total next to its parts)
+    still give an invertible map. A fixed linear map: its log-Jacobian is the same for every
+    row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skflow.preprocessing import PCAWhitening
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(2000, 1)) @ [[1.0, 1.0]] + 0.1 * rng.normal(size=(2000, 2))
+    >>> w = PCAWhitening().fit(X)
+    >>> Y, log_det = w.forward(X)
+    >>> bool(np.allclose(np.cov(Y, rowvar=False), np.eye(2)))
+    True
+    >>> bool(np.allclose(w.inverse(Y), X))
+    True
+    """
+
+    def fit(self, X: np.ndarray) -> PCAWhitening:
+        """The mean, scale and principal components of ``X``."""
+        self.mean_, self.scale_ = _column_mean_std(X)[:2]
+        covariance = np.atleast_2d(np.cov((X - self.mean_) / self.scale_, rowvar=False))
+        variances, components = np.linalg.eigh(covariance)
+        variances = np.maximum(variances, 1e-6 * variances.max())
+        self.components_ = components / np.sqrt(variances)  # columns: whitened directions
+        self.log_det_ = -np.log(self.scale_).sum() - 0.5 * np.log(variances).sum()
+        return self
+
+    def forward(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(Y, log_det)``: the whitened rows and ``log |det dY/dX|`` (one value) per row."""
+        Y = ((X - self.mean_) / self.scale_) @ self.components_
+        return Y, np.full(X.shape[0], self.log_det_)
+
+    def inverse(self, Y: np.ndarray) -> np.ndarray:
+        """The rows that :meth:`forward` maps to ``Y``."""
+        return np.linalg.solve(self.components_.T, Y.T).T * self.scale_ + self.mean_
 
 
 class QuantileGaussianizer:

@@ -27,7 +27,7 @@ def random_flow(n_features, hidden_dims=(16, 16), n_blocks=1, seed=0, scale=0.5)
 def standardization(shift, scale):
     """The input map ``(x - shift) / scale``, set by hand."""
     input_map = InputMap("standardize")
-    input_map.kind_, input_map.quantile_ = "standardize", None
+    input_map.kind_, input_map.quantile_, input_map.whitening_ = "standardize", None, None
     input_map.shift_, input_map.scale_ = np.asarray(shift), np.asarray(scale)
     return input_map
 

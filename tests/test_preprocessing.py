@@ -1,4 +1,5 @@
-"""The quantile map in front of the flow: invertible, with the right log-Jacobian."""
+"""The input map in front of the flow: invertible, with the right log-Jacobian, and the map
+that 'auto' picks."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,15 @@ from scipy.stats import norm
 
 from skflow import FFJORDDensity
 from skflow.datasets import make_toy
-from skflow.preprocessing import QuantileGaussianizer, marginals_need_gaussianizing
+from skflow.preprocessing import (
+    MIN_GAIN_FOR_A_MAP_NON_GAUSSIAN_MARGINALS,
+    MIN_ROWS_FOR_QUANTILE,
+    InputMap,
+    PCAWhitening,
+    QuantileGaussianizer,
+    choose_input_map,
+    marginals_need_gaussianizing,
+)
 
 
 @pytest.fixture
@@ -55,24 +64,70 @@ def test_quantile_flow_integrates_to_one_and_inverts():
     assert plain.input_map_.quantile_ is None and plain.preprocessing_ == "standardize"
 
 
-def test_auto_preprocessing_gaussianizes_skewed_heavy_tailed_or_repeated_features():
+def test_auto_picks_the_map_under_which_a_gaussian_fits_held_out_rows_best():
     rng = np.random.RandomState(0)
     normal = rng.normal(size=(2000, 3))
-    assert not marginals_need_gaussianizing(normal)
-    assert not marginals_need_gaussianizing(make_toy("pinwheel", 2000, random_state=0))
+    assert choose_input_map(normal) == "standardize"
+    # Smooth marginals: the quantile map gains under a Gaussian (0.3 nats here), but less than
+    # MIN_GAIN_FOR_A_MAP, and the flow models such densities better without it.
+    pinwheel = make_toy("pinwheel", 2000, random_state=0)
+    assert not marginals_need_gaussianizing(pinwheel)
+    assert choose_input_map(pinwheel) == "standardize"
     skewed = normal.copy()
     skewed[:, 1] = rng.exponential(size=2000)  # skewness 2
-    heavy = normal.copy()
-    heavy[:, 2] = rng.standard_t(3, size=2000)  # symmetric, heavy tails
     repeated = normal.copy()
     repeated[:300, 0] = 0.25  # one value in 15% of the rows
-    for X in (skewed, heavy, repeated):
-        assert marginals_need_gaussianizing(X)
+    for X in (skewed, repeated):
+        assert choose_input_map(X) == "quantile"
+    # Three lognormal features driven by one factor: correlated and skewed. Rotated onto the
+    # principal components first, the quantile map leaves nearly independent normal columns.
+    factor = rng.normal(size=(2000, 1))
+    correlated = np.exp(factor @ [[1.0, 0.8, 0.6]] + 0.05 * rng.normal(size=(2000, 3)))
+    assert choose_input_map(np.log(correlated)) == "standardize"  # Gaussian already
+    assert choose_input_map(correlated @ [[1, 1, 0], [0, 1, 1], [1, 0, 1]]) != "standardize"
     small = dict(hidden_dims=(8,), max_iter=5, random_state=0)
     assert FFJORDDensity(**small).fit(skewed).preprocessing_ == "quantile"
     est = FFJORDDensity(**small).fit(normal)
     assert est.preprocessing_ == "standardize" and est.input_map_.quantile_ is None
     assert est.get_params()["preprocessing"] == "auto"  # the parameter itself is untouched
+
+
+def test_the_chosen_map_scores_best_by_its_own_criterion():
+    # choose_input_map's score, recomputed by hand for each candidate on the same split.
+    from skflow.preprocessing import _gaussian_log_likelihood
+    rng = np.random.RandomState(1)
+    X = np.exp(rng.normal(size=(1000, 2)) @ [[1.0, 0.5], [0.0, 0.5]])
+    order = np.random.RandomState(0).permutation(len(X))
+    fit_rows, held_out = X[order[200:]], X[order[:200]]
+    scores = {}
+    for kind in ("standardize", "quantile", "pca_quantile"):
+        input_map = InputMap(kind).fit(fit_rows)
+        Z, log_det = input_map.forward(held_out)
+        scores[kind] = np.mean(_gaussian_log_likelihood(input_map.forward(fit_rows)[0], Z)
+                               + log_det)
+    assert marginals_need_gaussianizing(X)  # skewed: a hundredth of a nat is gain enough
+    best = "standardize"
+    for kind in ("quantile", "pca_quantile"):
+        if scores[kind] > scores[best] + MIN_GAIN_FOR_A_MAP_NON_GAUSSIAN_MARGINALS:
+            best = kind
+    assert choose_input_map(X) == best != "standardize"
+    # The Gaussian's log density is scipy's.
+    from scipy.stats import multivariate_normal
+    Z = rng.normal(size=(50, 2))
+    expected = multivariate_normal(fit_rows.mean(0), np.cov(fit_rows, rowvar=False)
+                                   + 1e-6 * np.eye(2)).logpdf(Z)
+    np.testing.assert_allclose(_gaussian_log_likelihood(fit_rows, Z), expected, rtol=1e-10)
+
+
+def test_pca_whitening_decorrelates_and_its_log_det_is_the_jacobian():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(3000, 1)) @ [[100.0, 101.0, 99.0]] + rng.normal(size=(3000, 3))
+    whitening = PCAWhitening().fit(X)
+    Y, log_det = whitening.forward(X)
+    np.testing.assert_allclose(np.cov(Y, rowvar=False), np.eye(3), atol=0.05)
+    np.testing.assert_allclose(whitening.inverse(Y), X, rtol=1e-10, atol=1e-8)
+    jacobian = whitening.components_.T / whitening.scale_  # dY/dX, the same for every row
+    assert log_det[0] == pytest.approx(np.linalg.slogdet(jacobian)[1], rel=1e-10)
 
 
 def _marginal_density(q, grid):
@@ -121,9 +176,7 @@ def test_marginal_density_of_the_map_integrates_to_one(kind):
 
 def test_auto_standardizes_small_samples_whatever_their_marginals():
     # Below MIN_ROWS_FOR_QUANTILE rows the quantile map's knots follow the sample's noise.
-    from skflow.preprocessing import MIN_ROWS_FOR_QUANTILE, InputMap
     rng = np.random.RandomState(0)
     skewed = rng.exponential(size=(2 * MIN_ROWS_FOR_QUANTILE, 2))
-    assert marginals_need_gaussianizing(skewed[:MIN_ROWS_FOR_QUANTILE - 1])
     assert InputMap().fit(skewed[:MIN_ROWS_FOR_QUANTILE - 1]).kind_ == "standardize"
     assert InputMap().fit(skewed[:MIN_ROWS_FOR_QUANTILE]).kind_ == "quantile"
