@@ -11,7 +11,7 @@ from . import __version__
 from .exceptions import InconsistentVersionWarning
 
 # Bumped whenever the pickled state changes incompatibly.
-PICKLE_FORMAT = 4  # 4: the input map may rotate first (whitening_); 3: the flow has no standardization
+PICKLE_FORMAT = 4  # 4: the input map may rotate first (whitening_)
 
 
 def _fitted_state(estimator):
