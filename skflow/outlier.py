@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._state import atomic_fit
 from .density import FFJORDDensity
 from .exceptions import ExtrapolationWarning
+from .preprocessing import constant_columns
 
 __all__ = ["FFJORDOutlierDetector"]
 
@@ -83,7 +84,8 @@ n_threads, verbose, random_state
         negative decision are outliers.
     calibration_ : {'held_out', 'cross_fit', 'training'}
         The rows ``offset_`` was set from (what ``'auto'`` chose; ``'training'`` whenever no
-        row was held out).
+        row was held out; ``'held_out'`` when a cross-fit was asked for but some fold's
+        training rows hold a column constant).
     input_map_, preprocessing_, flow_, n_features_in_, feature_names_in_, n_iter_, history_, \
 best_validation_loss_, device_, world_size_
         As in :class:`~skflow.FFJORDDensity`.
@@ -159,12 +161,15 @@ best_validation_loss_, device_, world_size_
             scores = self._log_density(X)
             share = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
             self.calibration_ = self._calibration_rule(len(X), result.validation_rows, share)
+            folds = self._calibration_folds(X) if self.calibration_ == "cross_fit" else None
+            if self.calibration_ == "cross_fit" and folds is None:
+                self.calibration_ = "held_out"
             if self.calibration_ == "training":
                 calibration_scores = scores
             elif self.calibration_ == "held_out":
                 calibration_scores = scores[result.validation_rows]
             else:
-                calibration_scores = self._cross_fitted_log_density(X)
+                calibration_scores = self._cross_fitted_log_density(X, folds)
             # For new rows, the Weibull plotting position: below the k-th lowest of n held-out
             # scores lies on average the share k / (n + 1) of new rows. For the training rows,
             # scikit-learn's percentile: that share of those very rows.
@@ -188,25 +193,34 @@ best_validation_loss_, device_, world_size_
             return "held_out"  # too few rows to train five flows on
         return self.calibration
 
-    def _cross_fitted_log_density(self, X):
+    def _calibration_folds(self, X):
+        """``(seed, train, held_out)`` for each fold of the cross-fit, or None when the
+        training rows of some fold hold a column constant (a feature whose other values all
+        fall in one fold): no flow can be fitted on them."""
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        folds = [(seed + fold, train, held_out) for fold, (train, held_out) in enumerate(
+            KFold(CALIBRATION_FOLDS, shuffle=True, random_state=seed).split(X))]
+        if any(constant_columns(X[train]).any() for _, train, _ in folds):
+            return None
+        return folds
+
+    def _cross_fitted_log_density(self, X, folds):
         """The log density of every row of ``X`` under a flow fitted, with this detector's
-        parameters, on the other folds (``CALIBRATION_FOLDS`` of them): new rows for the flow
-        that scores them, as many as there are training rows."""
+        parameters, on the other ``folds``: new rows for the flow that scores them, as many as
+        there are training rows."""
         params = {name: value for name, value in self.get_params().items()
                   if name in FFJORDDensity._parameter_constraints}
         params.update(warm_start=False, verbose=0)
-        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         scores = np.empty(len(X))
-        folds = KFold(CALIBRATION_FOLDS, shuffle=True, random_state=seed).split(X)
-        for fold, (train, held_out) in enumerate(folds):
+        for fold, (seed, train, held_out) in enumerate(folds):
             if self.verbose:
-                print(f"calibration: fold {fold + 1} of {CALIBRATION_FOLDS}", flush=True)
+                print(f"calibration: fold {fold + 1} of {len(folds)}", flush=True)
             with warnings.catch_warnings():
                 # The detector's own fit has warned about convergence already; far rows are
                 # what it looks for.
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 warnings.simplefilter("ignore", ExtrapolationWarning)
-                density = FFJORDDensity(**{**params, "random_state": seed + fold})
+                density = FFJORDDensity(**{**params, "random_state": seed})
                 scores[held_out] = density.fit(X[train]).score_samples(X[held_out])
         return scores
 

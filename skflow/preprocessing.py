@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import kurtosis, norm, skew
 
 __all__ = ["InputMap", "PCAWhitening", "QuantileGaussianizer", "choose_input_map",
-           "marginals_need_gaussianizing"]
+           "constant_columns", "marginals_need_gaussianizing"]
 
 # Thresholds of the 'auto' choice. The 2-D toy densities and smooth synthetic data stay below
 # |skewness| 0.3 and excess kurtosis 0; every real tabular set measured (MINIBOONE, the ODDS
@@ -68,6 +68,21 @@ def marginals_need_gaussianizing(X: np.ndarray) -> bool:
         if counts.max() > _ATOM_SHARE * len(column):
             return True
     return False
+
+
+def constant_columns(X: np.ndarray) -> np.ndarray:
+    """Which columns of ``X`` are constant, relative to the column's own magnitude (whatever
+    the units): no density is defined along them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skflow.preprocessing import constant_columns
+    >>> constant_columns(np.array([[1.0, 5.0], [2.0, 5.0]]))
+    array([False,  True])
+    """
+    X = np.asarray(X, dtype=np.float64)
+    return _column_mean_std(X)[2] <= 10 * np.finfo(np.float64).eps
 
 
 def _column_mean_std(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,8 +149,7 @@ class InputMap:
         ``feature_names`` only name the offending columns in the error for a constant one.
         """
         X = np.asarray(X, dtype=np.float64)
-        # Constant relative to the column's own magnitude, whatever the units.
-        constant = _column_mean_std(X)[2] <= 10 * np.finfo(np.float64).eps
+        constant = constant_columns(X)
         if constant.any():
             columns = [str(feature_names[i]) if feature_names is not None else str(i)
                        for i in np.flatnonzero(constant)]

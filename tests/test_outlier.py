@@ -212,6 +212,16 @@ def test_auto_calibration_cross_fits_when_the_split_has_too_few_rows_beyond_the_
     assert _detector().partial_fit(blob).calibration_ == "training"
 
 
+def test_cross_fit_falls_back_to_the_held_out_rows_when_a_fold_loses_a_column(blob):
+    # A flag set on one row only: the four folds without that row see a constant column, on
+    # which no flow can be fitted; the threshold then comes from the validation split.
+    X = np.c_[blob, np.zeros(len(blob))]
+    X[7, 2] = 1.0
+    det = _detector(contamination=0.1, calibration="cross_fit").fit(X)
+    assert det.calibration_ == "held_out"
+    assert np.isfinite(det.offset_)
+
+
 def test_cross_fitted_threshold_is_the_percentile_of_out_of_fold_log_densities(blob):
     # Recomputed by hand: five flows, each fitted on four folds, score the fifth.
     from sklearn.model_selection import KFold
