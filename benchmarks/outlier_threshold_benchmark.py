@@ -17,10 +17,12 @@ digits in 15 PCA dimensions (digits 0-8 the inliers, 9 the anomalies), and, with
 ``--data-home``, the ODDS sets (normal rows the inliers).
 
     python benchmarks/outlier_threshold_benchmark.py [--data-home DIR]
-        [--contamination 0.01,0.05] [--splits 3] [--jobs 1]
+        [--contamination 0.01,0.05] [--splits 3] [--jobs 1] [--rows FILE]
 """
 
 import argparse
+import json
+import os
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -87,15 +89,15 @@ def run_split(task):
                 model = make().fit(X_train)
                 new_flagged = np.mean(model.predict(X_new) == -1)
                 auc = roc_auc_score(labels, -model.score_samples(np.r_[X_new, X_anomalies]))
-            row[f"{label} flagged"], row[f"{label} AUC"] = new_flagged, auc
+            row[f"{label} flagged"], row[f"{label} AUC"] = float(new_flagged), float(auc)
             row[f"{label} s"] = seconds()
             if label == "FFJORD":  # the threshold of calibration='training', from the same fit
                 row["calibration"] = model.calibration_
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     offset = np.percentile(model.score_samples(X_train), 100 * c)
-                    row["FFJORD (training) flagged"] = np.mean(
-                        model.score_samples(X_new) < offset)
+                    row["FFJORD (training) flagged"] = float(np.mean(
+                        model.score_samples(X_new) < offset))
         print(row, flush=True)
         rows.append(row)
     return rows
@@ -127,12 +129,25 @@ def main(argv=None):
     parser.add_argument("--contamination", default="0.01,0.05")
     parser.add_argument("--splits", type=int, default=3, help="random splits per set")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--rows", default=None,
+                        help="JSON-lines file of per-split rows: splits found there are not "
+                             "run again, new ones are appended (to resume a long run)")
     args = parser.parse_args(argv)
     contaminations = [float(c) for c in args.contamination.split(",")]
+    done = []
+    if args.rows and os.path.exists(args.rows):
+        with open(args.rows) as lines:
+            done = [json.loads(line) for line in lines if line.strip()]
+    finished = {(row["dataset"], row["split"]) for row in done}
     tasks = [(name, X, y, contaminations, seed) for name, X, y in sets(args.data_home)
-             for seed in range(args.splits)]
+             for seed in range(args.splits) if (name, seed) not in finished]
+    rows = list(done)
     with ProcessPoolExecutor(args.jobs) as pool:
-        rows = [row for rows in pool.map(run_split, tasks) for row in rows]
+        for split_rows in pool.map(run_split, tasks):
+            rows += split_rows
+            if args.rows:
+                with open(args.rows, "a") as lines:
+                    lines.writelines(json.dumps(row) + "\n" for row in split_rows)
     summary = summarize(rows)
     within = sum(row["FFJORD within 1.5x"] for row in summary)
     columns = ["dataset", "shape", "contamination", "calibration", "FFJORD flagged",
