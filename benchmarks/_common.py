@@ -52,9 +52,10 @@ def markdown_table(rows, columns):
 
 def save(name, title, sections, command):
     """Print and write ``results/<name>.md``: a title, the command, the machine, and tables.
-    A data home in the command is written as ``DATA_HOME``: no saved output names a path of
-    the machine it ran on."""
+    A data home in the command is written as ``DATA_HOME``, a rows file as ``ROWS_FILE``: no
+    saved output names a path of the machine it ran on."""
     command = re.sub(r"(--data-home[ =])\S+", r"\1DATA_HOME", command)
+    command = re.sub(r"(--rows[ =])\S+", r"\1ROWS_FILE", command)
     text = [f"# {title}", "", f"Command: `{command}`", "", f"Machine: {machine()}", ""]
     for heading, table in sections:
         text += [f"## {heading}", "", table, ""]
