@@ -46,6 +46,14 @@ def validation_interval(training: str, n_validation_rows: int) -> int:
     return int(np.clip(25 * round(n_validation_rows / 100), 25, 250))
 
 
+def _max_iter(params: dict, resolved: int) -> float:
+    """``max_iter='auto'`` with a ``max_time`` budget sets no step limit: the budget (and early
+    stopping) end training, so that a longer budget buys a better fit."""
+    if params["max_iter"] == "auto" and params["max_time"] is not None:
+        return math.inf
+    return resolved
+
+
 def training_config(params: dict, n_rows: int, partial: bool = False) -> TrainingConfig:
     """The :class:`~skflow.training.TrainingConfig` of an estimator's ``params`` for a fit on
     ``n_rows`` rows, or for one ``partial_fit`` call: one pass over the chunk, no split, no
@@ -58,6 +66,8 @@ def training_config(params: dict, n_rows: int, partial: bool = False) -> Trainin
     >>> config = training_config(FFJORDDensity().get_params(), n_rows=150)
     >>> config.max_iter, config.learning_rate, config.validation_interval
     (5000, 0.005, 25)
+    >>> training_config(FFJORDDensity(max_time=60).get_params(), n_rows=150).max_iter
+    inf
     """
     mode = params["training"]
 
@@ -74,7 +84,7 @@ def training_config(params: dict, n_rows: int, partial: bool = False) -> Trainin
         regularization={"kinetic_energy": params["kinetic_energy"],
                         "jacobian_frobenius": params["jacobian_frobenius"]},
         learning_rate=resolved("learning_rate"), weight_decay=params["weight_decay"],
-        batch_size=params["batch_size"], max_iter=resolved("max_iter"),
+        batch_size=params["batch_size"], max_iter=_max_iter(params, resolved("max_iter")),
         max_time=params["max_time"], validation_fraction=params["validation_fraction"],
         n_iter_no_change=math.inf if patience is None else patience,
         validation_interval=(validation_interval(mode, n_val)

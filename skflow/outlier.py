@@ -84,8 +84,8 @@ n_threads, verbose, random_state
         negative decision are outliers.
     calibration_ : {'held_out', 'cross_fit', 'training'}
         The rows ``offset_`` was set from (what ``'auto'`` chose; ``'training'`` whenever no
-        row was held out; ``'held_out'`` when a cross-fit was asked for but some fold's
-        training rows hold a column constant).
+        row was held out; ``'held_out'`` when a cross-fit was asked for but is not possible:
+        fewer than ten rows, or a column constant on some fold's training rows).
     input_map_, preprocessing_, flow_, n_features_in_, feature_names_in_, n_iter_, history_, \
 best_validation_loss_, device_, world_size_
         As in :class:`~skflow.FFJORDDensity`.
@@ -160,10 +160,7 @@ best_validation_loss_, device_, world_size_
             X, result = self._fit(X, partial=partial)
             scores = self._log_density(X)
             share = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
-            self.calibration_ = self._calibration_rule(len(X), result.validation_rows, share)
-            folds = self._calibration_folds(X) if self.calibration_ == "cross_fit" else None
-            if self.calibration_ == "cross_fit" and folds is None:
-                self.calibration_ = "held_out"
+            self.calibration_, folds = self._calibration_plan(X, result.validation_rows, share)
             if self.calibration_ == "training":
                 calibration_scores = scores
             elif self.calibration_ == "held_out":
@@ -182,16 +179,18 @@ best_validation_loss_, device_, world_size_
             self.offset_ = offset
         return scores
 
-    def _calibration_rule(self, n_rows, validation_rows, share):
-        """What ``calibration`` resolves to for this fit."""
+    def _calibration_plan(self, X, validation_rows, share):
+        """What ``calibration`` resolves to for this fit, and the cross-fit's folds if any."""
         if self.calibration == "training" or validation_rows is None:
-            return "training"  # partial_fit or validation_fraction=0: no row was held out
-        if self.calibration == "auto":
+            return "training", None  # partial_fit or validation_fraction=0: none held out
+        rule = self.calibration
+        if rule == "auto":
             enough = len(validation_rows) * share >= MIN_ROWS_BEYOND_THRESHOLD
-            return "held_out" if enough else "cross_fit"
-        if self.calibration == "cross_fit" and n_rows < 2 * CALIBRATION_FOLDS:
-            return "held_out"  # too few rows to train five flows on
-        return self.calibration
+            rule = "held_out" if enough else "cross_fit"
+        folds = None
+        if rule == "cross_fit" and len(X) >= 2 * CALIBRATION_FOLDS:
+            folds = self._calibration_folds(X)
+        return ("cross_fit", folds) if folds is not None else ("held_out", None)
 
     def _calibration_folds(self, X):
         """``(seed, train, held_out)`` for each fold of the cross-fit, or None when the

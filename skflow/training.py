@@ -64,7 +64,7 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 512
-    max_iter: int = 1000
+    max_iter: int | float = 1000
     max_time: float | None = None
     validation_fraction: float = 0.1
     n_iter_no_change: float = 10
@@ -265,7 +265,8 @@ class _Progress:
         if verbose == 1:
             try:
                 from tqdm.auto import tqdm
-                self.bar = tqdm(total=total, desc="fit", leave=False)
+                self.bar = tqdm(total=total if math.isfinite(total) else None, desc="fit",
+                                leave=False)
             except ImportError:
                 self.verbose = 2
 

@@ -318,6 +318,22 @@ def test_max_time_ends_training_with_the_best_validated_weights_and_no_warning()
     assert est.history_[-1]["learning_rate"] < 0.2 * 5e-3
 
 
+def test_a_time_budget_lifts_the_auto_step_limit_but_not_a_given_one():
+    # With max_time, 'auto' leaves the budget (and early stopping) to end training, so that a
+    # longer budget buys a better fit; a max_iter the user gave still holds.
+    import math
+
+    from skflow.defaults import training_config
+    budget = FFJORDDensity(max_time=30).get_params()
+    assert training_config(budget, n_rows=1000).max_iter == math.inf
+    assert training_config({**budget, "max_iter": 700}, n_rows=1000).max_iter == 700
+    assert training_config(FFJORDDensity().get_params(), n_rows=1000).max_iter == 5000
+    X = np.random.RandomState(0).normal(size=(300, 2))
+    est = FFJORDDensity(**{**FAST, "max_iter": "auto", "validation_interval": 10**6,
+                           "max_time": 0.5}).fit(X)
+    assert est.history_[-1]["time"] >= 0.5 and 0 < est.n_iter_
+
+
 def test_the_warning_says_training_was_cut_short_only_while_it_was_clearly_improving():
     from skflow.density import _recent_gain
     history = lambda losses: [dict(val_loss=v) for v in losses]  # noqa: E731
