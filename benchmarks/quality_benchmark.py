@@ -158,11 +158,17 @@ def main(argv=None):
                              [params] * len(sets), [methods] * len(sets)))
     columns = ["dataset", "shape", "skflow", "chose", "gmm", "kde", "margin", "nsf", "vs_nsf",
                "skflow_s", "n_iter", "nsf_steps", "warnings"]
-    wins = sum(row.get("margin", -1) >= 0 for row in rows)
+    tallies = [f"at or above both tuned baselines on "
+               f"{sum(row['margin'] >= 0 for row in rows)} of {len(rows)} sets"
+               if all("margin" in row for row in rows) else "",
+               f"at or above NSF at equal time on "
+               f"{sum(row['vs_nsf'] >= 0 for row in rows)} of {len(rows)}"
+               if all("vs_nsf" in row for row in rows) else ""]
+    tally = "; ".join(filter(None, tallies))
     save(args.name, "Density quality on the development suite: held-out mean log-likelihood "
          "(nats, higher is better)",
-         [(f"FFJORDDensity({args.params}) vs tuned GaussianMixture and KernelDensity "
-           f"(at or above both on {wins} of {len(rows)} sets)",
+         [(f"FFJORDDensity({args.params}): {', '.join(methods)}" + (f" ({tally})" if tally
+                                                                     else ""),
            markdown_table(rows, [c for c in columns if any(c in r for r in rows)]))],
          "python benchmarks/quality_benchmark.py " + " ".join(sys.argv[1:] if argv is None
                                                               else argv))
