@@ -70,9 +70,9 @@ n_threads, verbose, random_state
         flow fitted with the same parameters on the other four of five folds; five more fits,
         for a threshold from as many new rows as there are training rows. ``'auto'``:
         ``'held_out'`` when the validation split has at least 25 rows below the threshold
-        (``validation_fraction * n_samples * contamination >= 25``), else ``'cross_fit'``: the
-        threshold from a few dozen held-out rows flagged from a third to three times the
-        contamination (``benchmarks/results/outlier_threshold.md``). ``'training'``: all
+        (``validation_fraction * n_samples * contamination >= 25``), else ``'cross_fit'``: a
+        threshold from a few dozen held-out rows flagged from 0.6 to 9 times the
+        contamination on the benchmark sets (``benchmarks/README.md``). ``'training'``: all
         training rows, scikit-learn's convention (as :class:`~sklearn.ensemble.IsolationForest`),
         so that ``fit_predict`` flags that share of them: for finding the outliers in the data
         fitted on.

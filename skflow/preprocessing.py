@@ -17,10 +17,10 @@ from scipy.stats import kurtosis, norm, skew
 __all__ = ["InputMap", "PCAWhitening", "QuantileGaussianizer", "choose_input_map",
            "constant_columns", "marginals_need_gaussianizing"]
 
-# Thresholds of the 'auto' choice. The 2-D toy densities and smooth synthetic data stay below
-# |skewness| 0.3 and excess kurtosis 0; every real tabular set measured (MINIBOONE, the ODDS
-# sets) has a feature with |skewness| > 9 or excess kurtosis > 150 and most have values repeated
-# in over 5% of rows.
+# Thresholds of marginals_need_gaussianizing. The 2-D toy densities and smooth synthetic data
+# stay below |skewness| 0.3 and excess kurtosis 0; every real tabular set measured (MINIBOONE,
+# the ODDS sets) has a feature with |skewness| > 9 or excess kurtosis > 150 and most have
+# values repeated in over 5% of rows.
 _SKEWNESS, _EXCESS_KURTOSIS, _ATOM_SHARE = 1.0, 3.0, 0.05
 # Below this many rows 'auto' standardizes: the quantile map's knots then follow the sample's
 # noise. Fitted on 120 and 142 rows (iris, wine) the map lost 1.5 and 2.1 nats to
