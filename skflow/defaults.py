@@ -46,7 +46,7 @@ def validation_interval(training: str, n_validation_rows: int) -> int:
     return int(np.clip(25 * round(n_validation_rows / 100), 25, 250))
 
 
-def _max_iter(params: dict, resolved: int) -> float:
+def _max_iter(params: dict, resolved: int) -> int | float:
     """``max_iter='auto'`` with a ``max_time`` budget sets no step limit: the budget (and early
     stopping) end training, so that a longer budget buys a better fit."""
     if params["max_iter"] == "auto" and params["max_time"] is not None:

@@ -204,10 +204,10 @@ def choose_input_map(X: np.ndarray, validation_share: float = 0.2, seed: int = 0
     held-out score wins, a more elaborate map only by ``MIN_GAIN_FOR_A_MAP`` (1 nat per row)
     over a simpler one, or by a hundredth of a nat when some marginal is skewed, heavy-tailed
     or has a repeated value (:func:`marginals_need_gaussianizing`). The map that leaves the
-    most Gaussian-like rows leaves the flow the least to learn: on the development suite this
-    choice matched the flow's own held-out likelihood for every set where both were measured
-    (``benchmarks/results/quality.md``). Below ``MIN_ROWS_FOR_QUANTILE`` rows it is
-    'standardize'.
+    most Gaussian-like rows leaves the flow the least to learn: where the flow was fitted
+    with more than one map (puma32h, treasury, electrical_grid, cardio, mammography, the 2-D
+    toys; ``benchmarks/README.md``), this choice was the best of the maps tried. Below
+    ``MIN_ROWS_FOR_QUANTILE`` rows it is 'standardize'.
 
     Examples
     --------
