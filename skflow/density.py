@@ -57,7 +57,10 @@ def _recent_gain(history, share=0.01):
     return gain if gain > 1e-3 and gain > share * total else None
 
 
-def _check_hidden_dims(hidden_dims) -> tuple[int, ...]:
+def _check_hidden_dims(hidden_dims, n_features: int) -> tuple[int, ...]:
+    """The layer widths that ``hidden_dims`` names for ``n_features`` features."""
+    if isinstance(hidden_dims, str) and hidden_dims == "auto":
+        return defaults.hidden_dims(n_features)
     if isinstance(hidden_dims, (Integral, np.integer)) and not isinstance(hidden_dims, bool):
         # An int is ambiguous: one layer of that width, or that many layers?
         raise ValueError(
@@ -94,10 +97,12 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
 
     Parameters
     ----------
-    hidden_dims : tuple of int, default=(64, 64, 64)
+    hidden_dims : tuple of int or 'auto', default='auto'
         Widths of the hidden layers of the dynamics network; time enters every layer
         (concatsquash layers). A bare int is refused as ambiguous: write ``(64,)`` for one
-        hidden layer of 64.
+        hidden layer of 64. ``'auto'``: ``(64, 64, 64)`` for up to four features, else
+        ``(128, 128, 128)`` (:func:`skflow.defaults.hidden_dims`); the widths used are in
+        ``hidden_dims_``.
     preprocessing : {'auto', 'standardize', 'quantile', 'pca_quantile'}, default='auto'
         The invertible map in front of the flow (:class:`skflow.preprocessing.InputMap`), with its
         exact log-Jacobian, always ending in per-feature standardization. ``'standardize'``: mean
@@ -213,6 +218,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         The fitted map from data to flow space (all of preprocessing and its log-Jacobian).
     preprocessing_ : {'standardize', 'quantile', 'pca_quantile'}
         The preprocessing used (``preprocessing='auto'`` resolved on the training data).
+    hidden_dims_ : tuple of int
+        The widths of the fitted flow's hidden layers (``hidden_dims='auto'`` resolved).
     flow_ : skflow.cnf.flow.ContinuousFlow
         The fitted flow on mapped rows (a torch module in float64, kept on the CPU).
     n_features_in_ : int
@@ -257,7 +264,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     """
 
     _parameter_constraints = {
-        "hidden_dims": ["array-like", Integral],
+        "hidden_dims": ["array-like", Integral, StrOptions({"auto"})],
         "preprocessing": [StrOptions({"auto", "standardize", "quantile", "pca_quantile"})],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
@@ -293,7 +300,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     }
 
     def __init__(
-        self, *, hidden_dims=(64, 64, 64), preprocessing="auto", activation="silu", n_blocks=1,
+        self, *, hidden_dims="auto", preprocessing="auto", activation="silu", n_blocks=1,
         time_length=1.0, train_time_length=False, training="flow_matching",
         divergence="hutchinson", noise="rademacher", solver="dopri5", n_steps=8, atol=1e-5,
         rtol=1e-5, eval_atol=1e-6, eval_rtol=1e-6, eval_dtype="float32", max_num_steps=1000,
@@ -395,7 +402,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         returns the validated rows and the training result."""
         first = not hasattr(self, "flow_") or not (partial or self.warm_start)
         X = self._validate_rows(X, reset=first, ensure_min_samples=2)
-        spec = FlowSpec(X.shape[1], _check_hidden_dims(self.hidden_dims), self.activation,
+        spec = FlowSpec(X.shape[1], _check_hidden_dims(self.hidden_dims, X.shape[1]),
+                        self.activation,
                         self.n_blocks, self.time_length, self.train_time_length)
         if first:
             input_map = InputMap(self.preprocessing).fit(X, getattr(self, "feature_names_in_",
@@ -478,6 +486,13 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
                 "outside the training data in some feature: their density is an extrapolation.",
                 ExtrapolationWarning, stacklevel=3)
         return Z, log_det
+
+    @property
+    def hidden_dims_(self) -> tuple[int, ...]:
+        """The widths of the fitted flow's hidden layers (read from the flow, so that models
+        pickled before ``hidden_dims='auto'`` existed have it too)."""
+        check_is_fitted(self)
+        return self.flow_.hidden_dims
 
     @property
     def _n_features_out(self) -> int:  # names of transform's latent columns

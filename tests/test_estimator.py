@@ -249,6 +249,22 @@ def test_a_bare_int_for_hidden_dims_is_refused_as_ambiguous():
         FFJORDDensity(**{**FAST, "hidden_dims": 64}).fit(make_toy("moons", 50, random_state=0))
 
 
+def test_auto_hidden_dims_widen_with_the_features_and_an_explicit_tuple_is_kept():
+    params = {**FAST, "max_iter": 2}
+    del params["hidden_dims"]
+    rng = np.random.RandomState(0)
+    for n_features, widths in ((2, (64, 64, 64)), (4, (64, 64, 64)), (5, (128, 128, 128))):
+        est = FFJORDDensity(**params).fit(rng.randn(60, n_features))
+        assert est.hidden_dims == "auto" and est.hidden_dims_ == widths
+        first = est.flow_.blocks[0].net.layers
+        assert [layer.linear.out_features for layer in first] == [*widths, n_features]
+    est = FFJORDDensity(**{**FAST, "hidden_dims": [8, 4], "max_iter": 2}).fit(rng.randn(60, 5))
+    assert est.hidden_dims == [8, 4] and est.hidden_dims_ == (8, 4)
+    assert pickle.loads(pickle.dumps(est)).hidden_dims_ == (8, 4)
+    with pytest.raises(NotFittedError):
+        FFJORDDensity().hidden_dims_
+
+
 def test_rows_far_outside_the_training_data_are_scored_with_a_warning(fitted_2d):
     from skflow.exceptions import ExtrapolationWarning
     est, X = fitted_2d

@@ -59,9 +59,10 @@ def test_signature_repeats_every_density_parameter_with_its_default():
     detector = inspect.signature(FFJORDOutlierDetector.__init__).parameters
     assert list(detector)[:-2] == list(density)
     for name, parameter in density.items():
-        if name != "preprocessing":  # chosen separately for ranking anomalies
+        if name not in ("preprocessing", "hidden_dims"):  # chosen separately for ranking
             assert detector[name].default == parameter.default, name
     assert detector["preprocessing"].default == "standardize"
+    assert detector["hidden_dims"].default == (64, 64, 64)
     assert detector["contamination"].default == "auto"
     assert detector["calibration"].default == "auto"
     assert FFJORDOutlierDetector().get_params()["contamination"] == "auto"

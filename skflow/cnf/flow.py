@@ -219,8 +219,8 @@ class ContinuousFlow(nn.Module):
     >>> from skflow.cnf.flow import ContinuousFlow
     >>> from skflow.cnf.solver import SolverConfig
     >>> flow = ContinuousFlow(2, (16, 16), "silu", n_blocks=2)
-    >>> flow.n_features, len(flow.blocks)
-    (2, 2)
+    >>> flow.n_features, flow.hidden_dims, len(flow.blocks)
+    (2, (16, 16), 2)
     >>> dynamics = flow.training_dynamics("exact", ("kinetic_energy",))
     >>> config = SolverConfig(method="euler", n_steps=2, adjoint=False)
     >>> log_prob, penalties = flow.training_log_prob(torch.zeros(3, 2), config, dynamics)
@@ -242,6 +242,11 @@ class ContinuousFlow(nn.Module):
     def n_features(self) -> int:
         """Dimension of the rows."""
         return self.blocks[0].net.layers[0].linear.in_features
+
+    @property
+    def hidden_dims(self) -> tuple[int, ...]:
+        """Widths of the hidden layers of each block's dynamics network."""
+        return tuple(layer.linear.out_features for layer in self.blocks[0].net.layers[:-1])
 
     def training_log_prob(self, z: torch.Tensor, config: SolverConfig,
                           dynamics: list[AugmentedDynamics], noise: torch.Tensor | None = None
