@@ -29,11 +29,12 @@ def hidden_dims(n_features: int) -> tuple[int, ...]:
     """``hidden_dims='auto'``: three hidden layers, 64 wide for up to four features, else 128.
 
     Wider dynamics fitted the real tables better at about twice the fit time
-    (``benchmarks/results/quality_width.md``, held-out nats per row, 128 against 64 wide):
+    (``benchmarks/results/quality_wide_128.md``, held-out nats per row, 128 against 64 wide):
     miniboone (43 features) -14.79 against -19.61, compactiv (22) -67.05 against -72.11, airfoil
-    (6) -4.72 against -6.34, treasury (16) -21.31 against -22.86, and gains on 9 of the 12 other
-    sets with five features or more; on the 2-D toy densities they gained 0.02-0.06 nats for
-    twice the time, which the default fit there does not pay.
+    (6) -4.72 against -6.34, treasury (16) -21.31 against -22.86, and gains on 8 of the 11 other
+    sets with five features or more (losses: breast_cancer 0.58, diabetes 0.28, puma32h 0.10
+    nats); on the 2-D toy densities they gained 0.02-0.06 nats for twice the time, which the
+    default fit there does not pay.
 
     Examples
     --------
