@@ -107,6 +107,9 @@ class Evaluator:
             chunk = Z[start:start + rows]
             if torch.is_tensor(chunk):
                 yield chunk.to(device=self.device, dtype=self.dtype)
+            elif self.device.type == "cuda":  # from pinned memory: a copy the GPU can overlap
+                staged = torch.tensor(np.asarray(chunk), dtype=self.dtype).pin_memory()
+                yield staged.to(self.device, non_blocking=True)
             else:
                 yield torch.tensor(np.asarray(chunk), dtype=self.dtype, device=self.device)
 

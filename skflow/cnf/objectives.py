@@ -138,8 +138,11 @@ class FlowMatchingObjective:
         s = tau * n_blocks - block_index[:, None]
         loss = 0.0
         for k, block in enumerate(self.flow.blocks):
-            rows = block_index == k
-            residual = block.velocity(s[rows], x_tau[rows]) - target[rows]
+            if n_blocks == 1:  # every row: no boolean mask, whose size the host must wait for
+                residual = block.velocity(s, x_tau) - target
+            else:
+                rows = block_index == k
+                residual = block.velocity(s[rows], x_tau[rows]) - target[rows]
             loss = loss + residual.pow(2).sum()
         loss = loss / x.shape[0]
         return loss, loss

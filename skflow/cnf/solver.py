@@ -226,9 +226,11 @@ def _starting_points(func: _RowFn, y0: torch.Tensor, atol: float, rtol: float, d
 
 
 def _dopri_step(func: _RowFn, rows: _Rows, tableau: torch.Tensor, atol: float, rtol: float,
-                direction: float, t_end: float) -> torch.Tensor:
+                direction: float, t_end: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One Dormand-Prince step of every row in flight, each with its own step size; accepted
-    steps advance, and every row's step size is adapted to its own error."""
+    steps advance, and every row's step size is adapted to its own error. Returns which rows
+    finished and whether the new states are all finite (a tensor: nothing here waits for the
+    device)."""
     t, y, f = rows.t, rows.y, rows.f
     h = torch.minimum(rows.h, (t_end - t[:, 0]) * direction)
     hh = (direction * h)[:, None]
@@ -239,8 +241,7 @@ def _dopri_step(func: _RowFn, rows: _Rows, tableau: torch.Tensor, atol: float, r
         y_stage = torch.addcmul(y, hh, (tableau[i, :i] @ flat[:i]).view_as(y))
         stages[i] = func(t + _C[i] * hh, y_stage)
     y_new = y_stage  # _A[-1] == _B
-    if not torch.isfinite(y_new).all():
-        raise SolverError("the state became non-finite during the solve")
+    finite = torch.isfinite(y_new).all()
     error = hh * (tableau[-1] @ flat).view_as(y)
     scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
     error_ratio = _rms(error / scale)
@@ -251,17 +252,31 @@ def _dopri_step(func: _RowFn, rows: _Rows, tableau: torch.Tensor, atol: float, r
     factor = (0.9 * error_ratio.clamp(min=1e-10).pow(-0.2)).clamp(0.2, 10.0)
     rows.h = h * torch.where(accept, factor, factor.clamp(max=1.0))
     rows.steps += 1
-    return accept & ((t_end - rows.t[:, 0]) * direction <= 1e-12 * max(1.0, abs(t_end)))
+    done = accept & ((t_end - rows.t[:, 0]) * direction <= 1e-12 * max(1.0, abs(t_end)))
+    return done, finite
 
 
-def _check_progress(rows: _Rows, max_num_steps: int) -> None:
-    if (rows.steps >= max_num_steps).any():
+def _step_report(rows: _Rows, done: torch.Tensor, finite: torch.Tensor,
+                 max_num_steps: int) -> list[bool]:
+    """Whether the state stayed finite, whether some rows finished, and whether any row still in
+    flight ran out of steps or its step size underflowed: read in one transfer from the device,
+    so that a step waits for it once (on a GPU each wait costs a round trip)."""
+    running = ~done
+    return torch.stack([finite, done.any(), ((rows.steps >= max_num_steps) & running).any(),
+                        ((rows.h < 1e-12) & running).any()]).tolist()
+
+
+def _check_progress(finite: bool, out_of_steps: bool, underflow: bool,
+                    max_num_steps: int) -> None:
+    if not finite:
+        raise SolverError("the state became non-finite during the solve")
+    if out_of_steps:
         raise SolverError(
             f"the evaluation solver did not finish within {max_num_steps} steps; the "
             "dynamics may be stiff, or the tolerances too tight: raise the estimator's "
             "max_num_steps, loosen eval_atol / eval_rtol, or (below about 1e-7) evaluate "
             "with eval_dtype='float64'")
-    if (rows.h < 1e-12).any():
+    if underflow:
         raise SolverError("step size underflow in the evaluation solver: stiff dynamics, or "
                           "tolerances below the evaluation precision (eval_dtype)")
 
@@ -323,10 +338,12 @@ def solve_per_row(func: _RowFn, y0: torch.Tensor, atol: float, rtol: float,
         rows.admit(batch)
         if rows.index.numel() == 0:
             return result
-        done = _dopri_step(func, rows, tableau, atol, rtol, direction, t_end)
+        done, finite = _dopri_step(func, rows, tableau, atol, rtol, direction, t_end)
         if nfe is not None:
             nfe[rows.index] += len(_C) - 1
-        if done.any():
+        finite, finished, out_of_steps, underflow = _step_report(rows, done, finite,
+                                                                 max_num_steps)
+        if finished:
             result[rows.index[done]] = rows.y[done]
             rows.keep(~done)
-        _check_progress(rows, max_num_steps)
+        _check_progress(finite, out_of_steps, underflow, max_num_steps)
