@@ -262,7 +262,7 @@ def test_auto_hidden_dims_widen_with_the_features_and_an_explicit_tuple_is_kept(
     assert est.hidden_dims == [8, 4] and est.hidden_dims_ == (8, 4)
     assert pickle.loads(pickle.dumps(est)).hidden_dims_ == (8, 4)
     with pytest.raises(NotFittedError):
-        FFJORDDensity().hidden_dims_
+        _ = FFJORDDensity().hidden_dims_
 
 
 def test_rows_far_outside_the_training_data_are_scored_with_a_warning(fitted_2d):
