@@ -11,7 +11,7 @@ from . import __version__
 from .exceptions import InconsistentVersionWarning
 
 # Bumped whenever the pickled state changes incompatibly.
-PICKLE_FORMAT = 4  # 4: the input map may rotate first (whitening_)
+PICKLE_FORMAT = 5  # 5: time features in the dynamics; 4: the input map may rotate first
 
 
 def _fitted_state(estimator):

@@ -98,11 +98,12 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     Parameters
     ----------
     hidden_dims : tuple of int or 'auto', default='auto'
-        Widths of the hidden layers of the dynamics network; time enters every layer
-        (concatsquash layers). A bare int is refused as ambiguous: write ``(64,)`` for one
-        hidden layer of 64. ``'auto'``: ``(64, 64, 64)`` for up to four features, else
-        ``(128, 128, 128)`` (:func:`skflow.defaults.hidden_dims`); the widths used are in
-        ``hidden_dims_``.
+        Widths of the hidden layers of the dynamics network; time enters every layer as
+        ``t`` and sines and cosines of eight frequencies (concatsquash layers,
+        :class:`skflow.cnf.layers.TimeFeatures`). A bare int is refused as ambiguous: write
+        ``(64,)`` for one hidden layer of 64. ``'auto'``: ``(64, 64, 64)`` for up to four
+        features, else ``(128, 128, 128)`` (:func:`skflow.defaults.hidden_dims`); the widths
+        used are in ``hidden_dims_``.
     preprocessing : {'auto', 'standardize', 'quantile', 'pca_quantile'}, default='auto'
         The invertible map in front of the flow (:class:`skflow.preprocessing.InputMap`), with its
         exact log-Jacobian, always ending in per-feature standardization. ``'standardize'``: mean

@@ -203,7 +203,7 @@ def test_adjoint_gradients_equal_direct_backprop(divergence):
 
 
 def test_fixed_grid_training_solver_converges_to_the_adaptive_one():
-    flow = random_flow(2)
+    flow = random_flow(2)  # time features up to 8 pi: the grids start at 8 steps
     x = torch.randn(10, 2, dtype=torch.float64)
     dynamics = flow.training_dynamics("exact", ())
     with torch.no_grad():
@@ -211,7 +211,7 @@ def test_fixed_grid_training_solver_converges_to_the_adaptive_one():
                                                              adjoint=False), dynamics)
         errors = [(flow.training_log_prob(x, SolverConfig(method="rk4", n_steps=n,
                                                           adjoint=False), dynamics)[0]
-                   - adaptive).abs().max().item() for n in (2, 4, 8)]
+                   - adaptive).abs().max().item() for n in (8, 16, 32)]
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 1e-5
 

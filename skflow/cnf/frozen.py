@@ -63,13 +63,15 @@ class FrozenBlock:
 
     def __init__(self, block: CNFBlock) -> None:
         layers = list(block.net.layers)
+        self.time_features = block.net.time_features
         self.activations = list(block.net.activations)
         time_length = block.time_length
         weights = [layer.linear.weight for layer in layers]
         weights[-1] = weights[-1] * time_length
         self.weights_t = [weight.t().contiguous() for weight in weights]
         self.widths = [weight.shape[0] for weight in weights]
-        # Gates sigmoid(s w_g + b_g) and offsets b * gate + s w_s of every layer, side by side.
+        # Gates sigmoid(phi(s) W_g + b_g) and offsets b * gate + phi(s) W_s of every layer, side
+        # by side.
         self.gate_weight = torch.cat([layer.gate.weight.t() for layer in layers], dim=1)
         self.gate_bias = torch.cat([layer.gate.bias for layer in layers])
         shift_weights = [layer.shift.weight.t() for layer in layers]
@@ -113,9 +115,11 @@ class FrozenBlock:
                     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """Per layer, every row's gate and offset at its time ``s``."""
         n, width = s.shape[0], self.gate_bias.shape[0]
-        gates = torch.addmm(self.gate_bias, s, self.gate_weight,
+        features = self.time_features(s)
+        gates = torch.addmm(self.gate_bias, features, self.gate_weight,
                             out=self._buffer("gates", n, width, s)).sigmoid_()
-        offsets = torch.mul(s, self.shift_weight, out=self._buffer("offsets", n, width, s))
+        offsets = torch.mm(features, self.shift_weight,
+                           out=self._buffer("offsets", n, width, s))
         offsets.addcmul_(gates, self.bias)
         return gates.split(self.widths, dim=1), offsets.split(self.widths, dim=1)
 
