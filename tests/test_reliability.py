@@ -582,8 +582,9 @@ def test_large_inputs_are_scored_and_sampled_in_bounded_chunks(tiny_fit, monkeyp
     assert len(sizes["log_prob"]) == 3 and max(sizes["log_prob"]) <= bound
     assert sum(sizes["log_prob"]) == n
     assert max(evaluated) == in_flight
-    # Chunking does not change a row's value.
-    np.testing.assert_allclose(log_p[-50:], est.score_samples(Y[-50:]), rtol=0, atol=1e-8)
+    # Chunking does not change a row's value beyond float32 rounding: a matmul's summation
+    # order may depend on the batch's size.
+    np.testing.assert_allclose(log_p[-50:], est.score_samples(Y[-50:]), rtol=1e-6, atol=0)
 
     evaluated.clear()
     draws = est.sample(n, random_state=0)
