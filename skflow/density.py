@@ -131,7 +131,9 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         The objective. ``'likelihood'`` is FFJORD's maximum likelihood, which solves the ODE
         (forward and adjoint) at every step. ``'flow_matching'`` regresses the dynamics on the
         straight path from data to noise (Lipman et al. 2023), with no ODE solve during
-        training, and keeps an exponential moving average of the weights (decay 0.999);
+        training, on targets averaged over the minibatch rows that could have led to each
+        point (Xu et al. 2023; :func:`skflow.cnf.objectives.marginal_velocity`), and keeps an
+        exponential moving average of the weights (decay 0.999);
         ``'ot_flow_matching'`` pairs data and noise by minibatch optimal transport first
         (Tong et al. 2024). All three give the same kind of model, scored the same way; the
         default is the one that reaches a good density fastest on a CPU (see benchmarks/README.md).

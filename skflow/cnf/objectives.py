@@ -19,9 +19,13 @@ from .flow import ContinuousFlow
 if TYPE_CHECKING:  # skflow.training imports this module
     from ..training import TrainingConfig
 
-__all__ = ["OBJECTIVES", "FlowMatchingObjective", "LikelihoodObjective", "make_objective"]
+__all__ = ["OBJECTIVES", "REFERENCE_ROWS", "FlowMatchingObjective", "LikelihoodObjective",
+           "make_objective", "marginal_velocity"]
 
 OBJECTIVES = ("likelihood", "flow_matching", "ot_flow_matching")
+# Rows over which flow matching averages a target (benchmarks/README.md, "Flow-matching
+# targets averaged over the rows"): 256 cost a quarter of a 2-D step.
+REFERENCE_ROWS = 256
 
 
 class LikelihoodObjective:
@@ -89,14 +93,19 @@ class LikelihoodObjective:
 
 
 class FlowMatchingObjective:
-    """Conditional flow matching (Lipman et al. 2023) on the straight path from data to noise.
+    """Flow matching (Lipman et al. 2023) on the straight path from data to noise.
 
-    ``x_tau = (1 - tau) x + tau * eps`` has velocity ``eps - x``; with ``ot=True`` the pairs
-    ``(x, eps)`` are matched within the minibatch by exact optimal transport (Tong et al. 2024),
-    which straightens the learned flow. ``n_blocks`` blocks share the path: block ``k`` covers
-    ``tau`` in ``[k / K, (k + 1) / K]`` in its own time ``s``, so its target velocity is
-    ``(eps - x) / K``. Calling the objective on a minibatch returns the regression loss twice,
-    as ``(loss, reported)``.
+    ``x_tau = (1 - tau) x + tau * eps`` has velocity ``eps - x``. The dynamics are regressed on
+    that velocity averaged over the rows that could have led to ``x_tau`` (the stable target
+    field of Xu et al. 2023; :func:`marginal_velocity`), among the row's own block of
+    ``reference_rows`` rows of the minibatch: the same minimiser as the single row's velocity
+    (the marginal field, as the blocks grow) with far less noise in the targets, so the same
+    steps reach a better density. With ``ot=True`` the pairs ``(x, eps)`` are instead matched
+    within the minibatch by exact optimal transport (Tong et al. 2024), which straightens the
+    learned flow, and each pair's own velocity is the target. ``n_blocks`` blocks share the
+    path: block ``k`` covers ``tau`` in ``[k / K, (k + 1) / K]`` in its own time ``s``, so its
+    target velocity is divided by ``K``. Calling the objective on a minibatch returns the
+    regression loss twice, as ``(loss, reported)``.
 
     Parameters
     ----------
@@ -106,6 +115,9 @@ class FlowMatchingObjective:
         Source of the noise and the times; the global torch generator when None.
     ot : bool, default=False
         Pair data and noise by optimal transport within the minibatch.
+    reference_rows : int, default=256
+        Rows of the minibatch over which a target is averaged (1: each row's own velocity, the
+        conditional target). Ignored with ``ot=True``.
 
     Examples
     --------
@@ -121,8 +133,9 @@ class FlowMatchingObjective:
     """
 
     def __init__(self, flow: ContinuousFlow, generator: torch.Generator | None,
-                 ot: bool = False) -> None:
+                 ot: bool = False, reference_rows: int = REFERENCE_ROWS) -> None:
         self.flow, self.generator, self.ot = flow, generator, ot
+        self.reference_rows = reference_rows
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, loss)`` of a minibatch ``(n, d)`` of rows in flow space."""
@@ -133,7 +146,10 @@ class FlowMatchingObjective:
         n_blocks = len(self.flow.blocks)
         tau = torch.rand((x.shape[0], 1), generator=self.generator, device=x.device, dtype=x.dtype)
         x_tau = (1 - tau) * x + tau * eps
-        target = (eps - x) / n_blocks
+        if self.ot or self.reference_rows <= 1:
+            target = (eps - x) / n_blocks
+        else:
+            target = marginal_velocity(x, eps, tau, self.reference_rows) / n_blocks
         block_index = (tau[:, 0] * n_blocks).long().clamp(max=n_blocks - 1)
         s = tau * n_blocks - block_index[:, None]
         loss = 0.0
@@ -161,6 +177,62 @@ class FlowMatchingObjective:
             _, columns = linear_sum_assignment(cost)
             paired[rows] = eps[rows][torch.as_tensor(columns, device=x.device)]
         return paired
+
+
+def marginal_velocity(x: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor,
+                      reference_rows: int = 256) -> torch.Tensor:
+    """The straight path's velocity at ``x_tau = (1 - tau) x + tau eps``, averaged over the
+    rows that could have led there: the stable target field (Xu et al. 2023).
+
+    Row ``i``'s conditional velocity ``eps_i - x_i`` equals ``(x_tau_i - x_i) / tau_i``; its
+    expectation given ``x_tau_i`` is ``(x_tau_i - E[x | x_tau_i]) / tau_i``, where the posterior
+    over the reference rows ``x_j`` (row ``i``'s block of ``reference_rows`` consecutive rows,
+    ``i`` among them) is proportional to ``N(x_tau_i; (1 - tau_i) x_j, tau_i^2 I)``. Written as
+    ``eps_i - x_i + (x_i - E[x | x_tau_i]) / tau_i``, it stays exact as ``tau`` goes to 0,
+    where the posterior sits on row ``i`` alone. Minibatches are shuffled, so a block is a
+    random sample of the rows.
+
+    Parameters
+    ----------
+    x, eps : Tensor of shape (n, d)
+        Data rows (in flow space) and their noise.
+    tau : Tensor of shape (n, 1)
+        Path times in ``(0, 1)``.
+    reference_rows : int, default=256
+        Rows per block; its cost is ``n * reference_rows * d``.
+
+    Returns
+    -------
+    Tensor of shape (n, d)
+
+    Examples
+    --------
+    Two reference rows at -1 and +1: halfway along, a point at 0 is as likely from either, and
+    its expected velocity is the noise's mean pull, 0; with one row, the row's own velocity.
+
+    >>> import torch
+    >>> from skflow.cnf.objectives import marginal_velocity
+    >>> x = torch.tensor([[-1.0], [1.0]])
+    >>> eps = torch.tensor([[1.0], [-1.0]])  # both reach x_tau = 0 at tau = 0.5
+    >>> marginal_velocity(x, eps, torch.full((2, 1), 0.5))
+    tensor([[0.],
+            [0.]])
+    >>> marginal_velocity(x, eps, torch.full((2, 1), 0.5), reference_rows=1)
+    tensor([[ 2.],
+            [-2.]])
+    """
+    x_tau = (1 - tau) * x + tau * eps
+    expected = torch.empty_like(x)
+    with torch.no_grad():
+        for start in range(0, x.shape[0], reference_rows):
+            rows = slice(start, start + reference_rows)
+            xr, zr, ar = x[rows], x_tau[rows], 1 - tau[rows]
+            # |x_tau_i - a_i x_j|^2 without an (n, m, d) tensor
+            squared = ((zr * zr).sum(1, keepdim=True) - 2 * ar * (zr @ xr.T)
+                       + ar ** 2 * (xr * xr).sum(1)[None, :]).clamp(min=0)
+            weights = torch.softmax(-squared / (2 * tau[rows] ** 2), dim=1)
+            expected[rows] = weights @ xr
+    return eps - x + (x - expected) / tau
 
 
 def make_objective(flow: ContinuousFlow, config: TrainingConfig,
