@@ -170,8 +170,9 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         the Hutchinson vector-Jacobian product; likelihood training only.
     learning_rate : float or 'auto', default='auto'
         Adam step size (before the cosine decay to a tenth of it over ``fit``; ``partial_fit``,
-        whose stream has no known length, keeps it constant). ``'auto'``: 5e-3 for flow
-        matching, 1e-3 for likelihood training.
+        whose stream has no known length, keeps it constant). ``'auto'``: for flow matching
+        1e-2 up to four features, else 5e-3; 1e-3 for likelihood training
+        (:func:`skflow.defaults.learning_rate`).
     weight_decay : float, default=1e-5
         Adam weight decay.
     batch_size : int, default=1024
@@ -415,7 +416,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         else:
             input_map, flow, optimizer_state = self.input_map_, self.flow_, self._optimizer_state_
             n_iter, history = self.n_iter_, self.history_
-        config = defaults.training_config(self.get_params(), X.shape[0], partial)
+        config = defaults.training_config(self.get_params(), *X.shape, partial)
         result = training.fit_flow(flow, input_map.forward(X)[0], config,
                                    check_random_state(self.random_state),
                                    resolve_device(self.device), optimizer_state, n_iter,

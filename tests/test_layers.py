@@ -315,7 +315,17 @@ def test_max_time_ends_training_with_the_best_validated_weights_and_no_warning()
     assert est.best_validation_loss_ == est.history_[-1]["val_loss"]
     assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
     # The learning rate decayed over the time budget, as it would over max_iter.
-    assert est.history_[-1]["learning_rate"] < 0.2 * 5e-3
+    from skflow.defaults import learning_rate
+    assert est.history_[-1]["learning_rate"] < 0.2 * learning_rate("flow_matching", 2)
+
+
+def test_auto_learning_rate_by_objective_and_features_and_a_given_one_is_kept():
+    from skflow.defaults import training_config
+    params = FFJORDDensity().get_params()
+    assert training_config(params, 1000, 2).learning_rate == 1e-2
+    assert training_config(params, 1000, 5).learning_rate == 5e-3
+    assert training_config({**params, "training": "likelihood"}, 1000, 2).learning_rate == 1e-3
+    assert training_config({**params, "learning_rate": 3e-4}, 1000, 2).learning_rate == 3e-4
 
 
 def test_a_time_budget_lifts_the_auto_step_limit_but_not_a_given_one():
@@ -325,9 +335,9 @@ def test_a_time_budget_lifts_the_auto_step_limit_but_not_a_given_one():
 
     from skflow.defaults import training_config
     budget = FFJORDDensity(max_time=30).get_params()
-    assert training_config(budget, n_rows=1000).max_iter == math.inf
-    assert training_config({**budget, "max_iter": 700}, n_rows=1000).max_iter == 700
-    assert training_config(FFJORDDensity().get_params(), n_rows=1000).max_iter == 5000
+    assert training_config(budget, 1000, 3).max_iter == math.inf
+    assert training_config({**budget, "max_iter": 700}, 1000, 3).max_iter == 700
+    assert training_config(FFJORDDensity().get_params(), 1000, 3).max_iter == 5000
     X = np.random.RandomState(0).normal(size=(300, 2))
     est = FFJORDDensity(**{**FAST, "max_iter": "auto", "validation_interval": 10**6,
                            "max_time": 0.5}).fit(X)
