@@ -311,3 +311,20 @@ def test_averaged_target_uses_only_the_rows_block():
     moved[4:] += 100.0  # the second block only
     assert torch.equal(marginal_velocity(moved, eps, tau, reference_rows=4)[:4], whole[:4])
     assert torch.allclose(whole[:4], marginal_velocity(x[:4], eps[:4], tau[:4], 4))
+
+
+def test_averaged_target_at_the_data_end_is_the_rows_own_velocity():
+    # torch.rand can draw tau = 0 exactly; the average there must stay finite (a NaN target
+    # made training restore its weights and cut the learning rate).
+    from skflow.cnf.objectives import marginal_velocity
+    g = torch.Generator().manual_seed(2)
+    x, eps = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    tau = torch.rand(6, 1, generator=g)
+    tau[2] = 0.0
+    target = marginal_velocity(x, eps, tau, reference_rows=6)
+    assert torch.isfinite(target).all()
+    assert torch.equal(target[2], eps[2] - x[2])
+    others = [0, 1, 3, 4, 5]
+    tau_others = tau.clone()
+    tau_others[2] = 0.5  # the other rows' targets do not depend on row 2's time
+    assert torch.equal(marginal_velocity(x, eps, tau_others, 6)[others], target[others])

@@ -221,6 +221,9 @@ def marginal_velocity(x: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor,
     tensor([[ 2.],
             [-2.]])
     """
+    # tau = 0 (torch.rand can draw it) leaves x_tau = x: the posterior is the row itself.
+    at_data = tau == 0
+    tau = torch.where(at_data, 1.0, tau)
     x_tau = (1 - tau) * x + tau * eps
     expected = torch.empty_like(x)
     with torch.no_grad():
@@ -232,7 +235,7 @@ def marginal_velocity(x: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor,
                        + ar ** 2 * (xr * xr).sum(1)[None, :]).clamp(min=0)
             weights = torch.softmax(-squared / (2 * tau[rows] ** 2), dim=1)
             expected[rows] = weights @ xr
-    return eps - x + (x - expected) / tau
+    return torch.where(at_data, eps - x, eps - x + (x - expected) / tau)
 
 
 def make_objective(flow: ContinuousFlow, config: TrainingConfig,
