@@ -10,6 +10,7 @@ from skflow import FFJORDDensity
 from skflow.cnf.divergence import exact_divergence, hutchinson_divergence, sample_noise
 from skflow.cnf.evaluation import Evaluator
 from skflow.cnf.flow import CNFBlock, ContinuousFlow
+from skflow.cnf.objectives import marginal_velocity
 from skflow.cnf.solver import SolverConfig, solve_per_row
 from skflow.preprocessing import InputMap
 
@@ -284,7 +285,6 @@ def gaussian_marginal_velocity(x_tau, tau, mean, var):
 
 
 def test_averaged_target_estimates_the_marginal_velocity_and_cuts_the_noise():
-    from skflow.cnf.objectives import marginal_velocity
     g = torch.Generator().manual_seed(0)
     n = 8192
     x = 1.5 + 0.5 * torch.randn(n, 1, generator=g, dtype=torch.float64)
@@ -302,7 +302,6 @@ def test_averaged_target_estimates_the_marginal_velocity_and_cuts_the_noise():
 
 
 def test_averaged_target_uses_only_the_rows_block():
-    from skflow.cnf.objectives import marginal_velocity
     g = torch.Generator().manual_seed(1)
     x, eps = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g)
     tau = torch.rand(8, 1, generator=g)
@@ -316,7 +315,6 @@ def test_averaged_target_uses_only_the_rows_block():
 def test_averaged_target_at_the_data_end_is_the_rows_own_velocity():
     # torch.rand can draw tau = 0 exactly; the average there must stay finite (a NaN target
     # made training restore its weights and cut the learning rate).
-    from skflow.cnf.objectives import marginal_velocity
     g = torch.Generator().manual_seed(2)
     x, eps = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
     tau = torch.rand(6, 1, generator=g)
