@@ -104,17 +104,19 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         ``(64,)`` for one hidden layer of 64. ``'auto'``: ``(64, 64, 64)`` for up to four
         features, else ``(128, 128, 128)`` (:func:`skflow.defaults.hidden_dims`); the widths
         used are in ``hidden_dims_``.
-    preprocessing : {'auto', 'standardize', 'quantile', 'pca_quantile'}, default='auto'
+    preprocessing : {'auto', 'standardize', 'quantile', 'pca', 'pca_quantile'}, default='auto'
         The invertible map in front of the flow (:class:`skflow.preprocessing.InputMap`), with its
         exact log-Jacobian, always ending in per-feature standardization. ``'standardize'``: mean
         and standard deviation only. ``'quantile'``: a monotone piecewise-linear map of each
         feature to a standard-normal marginal, with knots at empirical quantiles (see
         :class:`skflow.preprocessing.QuantileGaussianizer`), so the flow only has to learn the
         dependence between features: skewed, heavy-tailed or few-valued features.
-        ``'pca_quantile'``: the rows rotated onto their whitened principal components, then the
-        quantile map of each: strongly correlated features. ``'auto'``: standardization below
-        300 rows (the quantile map's knots then follow the sample's noise), else the map under
-        which a Gaussian fits a fifth of the rows held out best
+        ``'pca'``: the rows rotated onto their whitened principal components: strongly
+        correlated features, whose covariance the flow then need not learn.
+        ``'pca_quantile'``: the whitened components, then the quantile map of each.
+        ``'auto'``: standardization below 300 rows (the quantile map's knots then follow the
+        sample's noise), else the map under which a Gaussian fits a fifth of the rows held out
+        best, with 'pca' in place of 'pca_quantile' when no feature repeats a value
         (:func:`skflow.preprocessing.choose_input_map`); the choice is stored in
         ``preprocessing_``.
     activation : {'silu', 'softplus', 'tanh', 'elu', 'swish'}, default='silu'
@@ -220,7 +222,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     ----------
     input_map_ : skflow.preprocessing.InputMap
         The fitted map from data to flow space (all of preprocessing and its log-Jacobian).
-    preprocessing_ : {'standardize', 'quantile', 'pca_quantile'}
+    preprocessing_ : {'standardize', 'quantile', 'pca', 'pca_quantile'}
         The preprocessing used (``preprocessing='auto'`` resolved on the training data).
     hidden_dims_ : tuple of int
         The widths of the fitted flow's hidden layers (``hidden_dims='auto'`` resolved).
@@ -269,7 +271,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
 
     _parameter_constraints = {
         "hidden_dims": ["array-like", Integral, StrOptions({"auto"})],
-        "preprocessing": [StrOptions({"auto", "standardize", "quantile", "pca_quantile"})],
+        "preprocessing": [StrOptions({"auto", "standardize", "quantile", "pca",
+                                       "pca_quantile"})],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
         "time_length": [Interval(Real, 0, None, closed="neither")],
