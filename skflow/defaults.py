@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from .cnf.solver import SolverConfig
 from .training import TrainingConfig
 
-__all__ = ["AUTO", "FEW_FEATURES", "hidden_dims", "learning_rate", "validation_interval",
-           "training_config"]
+__all__ = ["AUTO", "FEW_FEATURES", "batch_size", "hidden_dims", "learning_rate",
+           "validation_interval", "training_config"]
 
 # 'auto' values by training mode: flow-matching steps cost milliseconds, likelihood steps solve
 # the ODE twice.
@@ -26,6 +27,7 @@ AUTO = {
 }
 # Up to this many features, the narrower network and the larger flow-matching step.
 FEW_FEATURES = 4
+_CPU = torch.device("cpu")
 
 
 def hidden_dims(n_features: int) -> tuple[int, ...]:
@@ -70,6 +72,26 @@ def learning_rate(training: str, n_features: int) -> float:
     return 1e-2 if n_features <= FEW_FEATURES else 5e-3
 
 
+def batch_size(device: torch.device) -> int:
+    """``batch_size='auto'``: 1024 rows per step on a CPU, 4096 on a GPU.
+
+    A CPU's step costs in proportion to its rows. A GPU's step on a few thousand rows is bound
+    by kernel launches, not arithmetic (``benchmarks/results/toy_gpu.md``: the default fit was
+    no faster on an H200 than on one CPU core), so there four times the rows cost about the
+    same time and give a better fit: on the CPU, 2048 rows against 1024 at the same 5,000 steps
+    moved pinwheel from -2.359 to -2.347 and checkerboard from -3.616 to -3.597 nats per row
+    (2spirals -2.698 against -2.695, 8gaussians -2.820 against -2.822; ``benchmarks/README.md``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.defaults import batch_size
+    >>> batch_size(torch.device("cpu")), batch_size(torch.device("cuda"))
+    (1024, 4096)
+    """
+    return 4096 if device.type == "cuda" else 1024
+
+
 def validation_interval(training: str, n_validation_rows: int) -> int:
     """Steps between validations under flow matching: 250, or fewer for small validation splits.
 
@@ -99,20 +121,20 @@ def _max_iter(params: dict, resolved: int) -> int | float:
     return resolved
 
 
-def training_config(params: dict, n_rows: int, n_features: int,
-                    partial: bool = False) -> TrainingConfig:
+def training_config(params: dict, n_rows: int, n_features: int, partial: bool = False,
+                    device: torch.device = _CPU) -> TrainingConfig:
     """The :class:`~skflow.training.TrainingConfig` of an estimator's ``params`` for a fit on
-    ``n_rows`` rows of ``n_features`` features, or for one ``partial_fit`` call: one pass over
-    the chunk, no split, no early stop, no decay (a decay per call would saw the rate down and
-    up at every chunk).
+    ``n_rows`` rows of ``n_features`` features on ``device``, or for one ``partial_fit`` call:
+    one pass over the chunk, no split, no early stop, no decay (a decay per call would saw the
+    rate down and up at every chunk).
 
     Examples
     --------
     >>> from skflow import FFJORDDensity
     >>> from skflow.defaults import training_config
     >>> config = training_config(FFJORDDensity().get_params(), n_rows=150, n_features=10)
-    >>> config.max_iter, config.learning_rate, config.validation_interval
-    (5000, 0.005, 25)
+    >>> config.max_iter, config.learning_rate, config.validation_interval, config.batch_size
+    (5000, 0.005, 25, 1024)
     >>> training_config(FFJORDDensity(max_time=60).get_params(), 150, 10).max_iter
     inf
     """
@@ -126,6 +148,8 @@ def training_config(params: dict, n_rows: int, n_features: int,
         return AUTO[mode][name]
 
     n_val = round(params["validation_fraction"] * n_rows) or min(2048, n_rows)
+    rows_per_step = (batch_size(device) if params["batch_size"] == "auto"
+                     else params["batch_size"])
     patience = params["n_iter_no_change"]
     config = TrainingConfig(
         objective=mode, divergence=params["divergence"], noise=params["noise"],
@@ -135,7 +159,7 @@ def training_config(params: dict, n_rows: int, n_features: int,
         regularization={"kinetic_energy": params["kinetic_energy"],
                         "jacobian_frobenius": params["jacobian_frobenius"]},
         learning_rate=resolved("learning_rate"), weight_decay=params["weight_decay"],
-        batch_size=params["batch_size"], max_iter=_max_iter(params, resolved("max_iter")),
+        batch_size=rows_per_step, max_iter=_max_iter(params, resolved("max_iter")),
         max_time=params["max_time"], validation_fraction=params["validation_fraction"],
         n_iter_no_change=math.inf if patience is None else patience,
         validation_interval=(validation_interval(mode, n_val)
@@ -145,7 +169,7 @@ def training_config(params: dict, n_rows: int, n_features: int,
         max_num_steps=params["max_num_steps"], verbose=params["verbose"],
         averaging_decay=0.0 if mode == "likelihood" else 0.999)
     if partial:
-        n_batches = max(1, math.ceil(n_rows / params["batch_size"]))
+        n_batches = max(1, math.ceil(n_rows / rows_per_step))
         config.max_iter = config.validation_interval = n_batches
         config.validation_fraction, config.cosine_decay = 0.0, False
         config.n_iter_no_change = n_batches + 1

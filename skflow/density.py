@@ -177,8 +177,10 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         (:func:`skflow.defaults.learning_rate`).
     weight_decay : float, default=1e-5
         Adam weight decay.
-    batch_size : int, default=1024
-        Rows per minibatch (capped at the number of training rows).
+    batch_size : int or 'auto', default='auto'
+        Rows per minibatch (capped at the number of training rows). ``'auto'``: 1024 on a
+        CPU, 4096 on a GPU, where a step of four times the rows takes about the same time
+        (:func:`skflow.defaults.batch_size`).
     max_iter : int or 'auto', default='auto'
         Maximum number of optimizer steps. ``'auto'``: 5000 for flow matching (a step costs
         milliseconds), 1000 for likelihood training (each step solves the ODE twice); with a
@@ -293,7 +295,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         "jacobian_frobenius": [Interval(Real, 0, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "max_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
@@ -312,7 +314,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         divergence="hutchinson", noise="rademacher", solver="dopri5", n_steps=8, atol=1e-5,
         rtol=1e-5, eval_atol=1e-6, eval_rtol=1e-6, eval_dtype="float32", max_num_steps=1000,
         adjoint=True, kinetic_energy=0.0, jacobian_frobenius=0.0, learning_rate="auto",
-        weight_decay=1e-5, batch_size=1024, max_iter="auto", max_time=None,
+        weight_decay=1e-5, batch_size="auto", max_iter="auto", max_time=None,
         validation_fraction=0.1, n_iter_no_change=10, validation_interval="auto", warm_start=False,
         device="auto", n_threads=None, verbose=0, random_state=None,
     ):
@@ -419,10 +421,11 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         else:
             input_map, flow, optimizer_state = self.input_map_, self.flow_, self._optimizer_state_
             n_iter, history = self.n_iter_, self.history_
-        config = defaults.training_config(self.get_params(), *X.shape, partial)
+        device = resolve_device(self.device)
+        config = defaults.training_config(self.get_params(), *X.shape, partial, device)
         result = training.fit_flow(flow, input_map.forward(X)[0], config,
-                                   check_random_state(self.random_state),
-                                   resolve_device(self.device), optimizer_state, n_iter,
+                                   check_random_state(self.random_state), device,
+                                   optimizer_state, n_iter,
                                    n_threads=self.n_threads)
         self.input_map_, self.preprocessing_, self.flow_ = input_map, input_map.kind_, result.flow
         self._optimizer_state_, self._evaluators = result.optimizer_state, {}

@@ -90,6 +90,23 @@ def test_cuda_devices_are_accepted_by_name_and_object(device):
     assert np.isfinite(est.score_samples(X)).all()
 
 
+@pytest.mark.parametrize("device, rows", [("cpu", 1024),
+                                           pytest.param("cuda", 4096, marks=needs_cuda)])
+def test_auto_batch_size_follows_the_device(monkeypatch, device, rows):
+    from skflow import training
+    seen = []
+    original = training._minibatches
+
+    def spy(Z, batch_size, generator):
+        seen.append(batch_size)
+        return original(Z, batch_size, generator)
+
+    monkeypatch.setattr(training, "_minibatches", spy)
+    X = make_toy("pinwheel", 6000, random_state=0)
+    est = FFJORDDensity(**{**FAST, "max_iter": 2, "n_threads": 1, "device": device}).fit(X)
+    assert seen == [rows] and est.get_params()["batch_size"] == "auto"
+
+
 @needs_cuda
 @pytest.mark.parametrize("eval_dtype", ["float32", "float64"])
 def test_a_gpu_fit_scores_the_same_on_the_cpu(eval_dtype):

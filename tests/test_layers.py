@@ -328,6 +328,20 @@ def test_auto_learning_rate_by_objective_and_features_and_a_given_one_is_kept():
     assert training_config({**params, "learning_rate": 3e-4}, 1000, 2).learning_rate == 3e-4
 
 
+def test_auto_batch_size_by_device_and_a_given_one_is_kept():
+    import torch
+
+    from skflow.defaults import training_config
+    params = FFJORDDensity().get_params()
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # a name: no GPU needed
+    assert training_config(params, 10_000, 3, device=cpu).batch_size == 1024
+    assert training_config(params, 10_000, 3, device=gpu).batch_size == 4096
+    assert training_config({**params, "batch_size": 300}, 10_000, 3, device=gpu).batch_size == 300
+    # partial_fit takes one pass over the chunk, in batches of the resolved size.
+    assert training_config(params, 10_000, 3, partial=True, device=gpu).max_iter == 3
+    assert training_config(params, 10_000, 3, partial=True, device=cpu).max_iter == 10
+
+
 def test_a_time_budget_lifts_the_auto_step_limit_but_not_a_given_one():
     # With max_time, 'auto' leaves the budget (and early stopping) to end training, so that a
     # longer budget buys a better fit; a max_iter the user gave still holds.
