@@ -81,8 +81,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
                     TransformerMixin, BaseEstimator):
     """Density estimation with FFJORD, a free-form continuous normalizing flow.
 
-    The data are mapped to standardized features (optionally through a per-feature quantile
-    map first), then carried to a standard normal latent by the neural ODE ``dz/dt = f(z, t)``;
+    The data are mapped to standardized features (optionally rotated onto whitened principal
+    components, or through a per-feature quantile map, or both, first), then carried to a standard normal latent by the neural ODE ``dz/dt = f(z, t)``;
     the log density follows from the instantaneous change of variables
     ``log p(x) = log N(z(T); 0, I) + int_0^T Tr(df/dz) dt + log|det input map|``
     (Grathwohl et al., 2019). Densities always refer to the original units of ``X``.
@@ -116,7 +116,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         ``'pca_quantile'``: the whitened components, then the quantile map of each.
         ``'auto'``: standardization below 300 rows (the quantile map's knots then follow the
         sample's noise), else the map under which a Gaussian fits a fifth of the rows held out
-        best, with 'pca' in place of 'pca_quantile' when no feature repeats a value
+        best, with ``'pca'`` in place of ``'pca_quantile'`` when no feature repeats a value
         (:func:`skflow.preprocessing.choose_input_map`); the choice is stored in
         ``preprocessing_``.
     activation : {'silu', 'softplus', 'tanh', 'elu', 'swish'}, default='silu'
