@@ -77,10 +77,12 @@ def batch_size(device: torch.device) -> int:
 
     A CPU's step costs in proportion to its rows. A GPU's step on a few thousand rows is bound
     by kernel launches, not arithmetic (``benchmarks/results/toy_gpu.md``: the default fit was
-    no faster on an H200 than on one CPU core), so there four times the rows cost about the
-    same time and give a better fit: on the CPU, 2048 rows against 1024 at the same 5,000 steps
-    moved pinwheel from -2.359 to -2.347 and checkerboard from -3.616 to -3.597 nats per row
-    (2spirals -2.698 against -2.695, 8gaussians -2.820 against -2.822; ``benchmarks/README.md``).
+    no faster on an H200 than on one CPU core), so there four times the rows should cost little
+    more time, and more rows per step fit better: on the CPU, 2048 rows against 1024 at the
+    same 5,000 steps moved pinwheel from -2.359 to -2.347 and checkerboard from -3.616 to
+    -3.597 nats per row (2spirals -2.698 against -2.695, 8gaussians -2.820 against -2.822;
+    ``benchmarks/README.md``). The GPU's time and quality with 4096 rows are for
+    ``benchmarks/gpu_benchmark.py`` to measure.
 
     Examples
     --------

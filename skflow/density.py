@@ -82,8 +82,9 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
     """Density estimation with FFJORD, a free-form continuous normalizing flow.
 
     The data are mapped to standardized features (optionally rotated onto whitened principal
-    components, or through a per-feature quantile map, or both, first), then carried to a standard normal latent by the neural ODE ``dz/dt = f(z, t)``;
-    the log density follows from the instantaneous change of variables
+    components, or through a per-feature quantile map, or both, first), then carried to a
+    standard normal latent by the neural ODE ``dz/dt = f(z, t)``; the log density follows from
+    the instantaneous change of variables
     ``log p(x) = log N(z(T); 0, I) + int_0^T Tr(df/dz) dt + log|det input map|``
     (Grathwohl et al., 2019). Densities always refer to the original units of ``X``.
 
@@ -179,7 +180,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         Adam weight decay.
     batch_size : int or 'auto', default='auto'
         Rows per minibatch (capped at the number of training rows). ``'auto'``: 1024 on a
-        CPU, 4096 on a GPU, where a step of four times the rows takes about the same time
+        CPU, 4096 on a GPU, whose step is bound by kernel launches rather than rows
         (:func:`skflow.defaults.batch_size`).
     max_iter : int or 'auto', default='auto'
         Maximum number of optimizer steps. ``'auto'``: 5000 for flow matching (a step costs
