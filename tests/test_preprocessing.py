@@ -146,9 +146,9 @@ def test_the_chosen_map_scores_best_by_its_own_criterion(rows, expected):
     # The Gaussian's log density is scipy's.
     from scipy.stats import multivariate_normal
     Z = rng.normal(size=(50, X.shape[1]))
-    expected = multivariate_normal(fit_rows.mean(0), np.cov(fit_rows, rowvar=False)
+    by_scipy = multivariate_normal(fit_rows.mean(0), np.cov(fit_rows, rowvar=False)
                                    + 1e-6 * np.eye(X.shape[1])).logpdf(Z)
-    np.testing.assert_allclose(_gaussian_log_likelihood(fit_rows, Z), expected, rtol=1e-10)
+    np.testing.assert_allclose(_gaussian_log_likelihood(fit_rows, Z), by_scipy, rtol=1e-10)
 
 
 def test_pca_whitening_decorrelates_and_its_log_det_is_the_jacobian():
