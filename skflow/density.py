@@ -183,9 +183,10 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         CPU, 4096 on a GPU, whose step is bound by kernel launches rather than rows
         (:func:`skflow.defaults.batch_size`).
     max_iter : int or 'auto', default='auto'
-        Maximum number of optimizer steps. ``'auto'``: 5000 for flow matching (a step costs
-        milliseconds), 1000 for likelihood training (each step solves the ODE twice); with a
-        ``max_time``, no step limit: the budget and early stopping end training.
+        Maximum number of optimizer steps. ``'auto'``: 10000 for flow matching (a step costs
+        milliseconds; small sets stop early), 5000 for OT flow matching, 1000 for likelihood
+        training (each step solves the ODE twice); with a ``max_time``, no step limit: the
+        budget and early stopping end training.
     max_time : float or None, default=None
         A wall-clock budget for ``fit``, in seconds: training ends when it runs out (after a
         last validation) and keeps the best validated weights; the learning rate's decay

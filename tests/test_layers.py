@@ -351,7 +351,7 @@ def test_a_time_budget_lifts_the_auto_step_limit_but_not_a_given_one():
     budget = FFJORDDensity(max_time=30).get_params()
     assert training_config(budget, 1000, 3).max_iter == math.inf
     assert training_config({**budget, "max_iter": 700}, 1000, 3).max_iter == 700
-    assert training_config(FFJORDDensity().get_params(), 1000, 3).max_iter == 5000
+    assert training_config(FFJORDDensity().get_params(), 1000, 3).max_iter == 10000
     X = np.random.RandomState(0).normal(size=(300, 2))
     est = FFJORDDensity(**{**FAST, "max_iter": "auto", "validation_interval": 10**6,
                            "max_time": 0.5}).fit(X)
