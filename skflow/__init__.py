@@ -3,6 +3,7 @@
 __version__ = "0.3.0"
 
 from .density import FFJORDDensity  # noqa: E402
+from .ensemble import DensityEnsemble  # noqa: E402
 from .outlier import FFJORDOutlierDetector  # noqa: E402
 
-__all__ = ["FFJORDDensity", "FFJORDOutlierDetector", "__version__"]
+__all__ = ["DensityEnsemble", "FFJORDDensity", "FFJORDOutlierDetector", "__version__"]

@@ -77,7 +77,40 @@ def _check_hidden_dims(hidden_dims, n_features: int) -> tuple[int, ...]:
     return tuple(int(w) for w in dims)
 
 
-class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, DensityMixin,
+class MeanLogLikelihoodMixin(DensityMixin):
+    """``score``: the mean of ``score_samples``, for skflow's density estimators."""
+
+    def score(self, X: ArrayLike, y: None = None) -> float:
+        """Mean log-likelihood per row of ``X`` (as :class:`~sklearn.mixture.GaussianMixture`).
+
+        Being a mean, it is comparable across folds of different sizes, so model selection
+        (``GridSearchCV``, ``cross_val_score``) can use it as the default score.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points to evaluate.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        score : float
+            Mean log density.
+        """
+        return float(np.mean(self.score_samples(X)))
+
+
+def check_n_samples(n_samples) -> int:
+    """``n_samples`` of ``sample`` as an int, or a ValueError that names it."""
+    if (not isinstance(n_samples, (Integral, np.integer)) or isinstance(n_samples, bool)
+            or n_samples < 1):
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+    return int(n_samples)
+
+
+class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
+                    MeanLogLikelihoodMixin,
                     TransformerMixin, BaseEstimator):
     """Density estimation with FFJORD, a free-form continuous normalizing flow.
 
@@ -530,26 +563,6 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
         """
         return self._log_density(self._check_input(X))
 
-    def score(self, X: ArrayLike, y: None = None) -> float:
-        """Mean log-likelihood per row of ``X`` (as :class:`~sklearn.mixture.GaussianMixture`).
-
-        Being a mean, it is comparable across folds of different sizes, so model selection
-        (``GridSearchCV``, ``cross_val_score``) can use it as the default score.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Points to evaluate.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        score : float
-            Mean log density.
-        """
-        return float(np.mean(self.score_samples(X)))
-
     def evaluation_nfe(self, X: ArrayLike) -> np.ndarray:
         """Dynamics evaluations that ``score_samples`` needs for each row of ``X``, summed over
         blocks: regularized or simulation-free training gives straighter flows that need fewer.
@@ -614,9 +627,6 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin, Densi
             Samples.
         """
         check_is_fitted(self)
-        if (not isinstance(n_samples, (Integral, np.integer)) or isinstance(n_samples, bool)
-                or n_samples < 1):
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        Z = check_random_state(random_state).standard_normal((int(n_samples),
+        Z = check_random_state(random_state).standard_normal((check_n_samples(n_samples),
                                                              self.n_features_in_))
         return self.input_map_.inverse(self._evaluator().from_latent(Z))
