@@ -110,8 +110,7 @@ def check_n_samples(n_samples) -> int:
 
 
 class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
-                    MeanLogLikelihoodMixin,
-                    TransformerMixin, BaseEstimator):
+                    MeanLogLikelihoodMixin, TransformerMixin, BaseEstimator):
     """Density estimation with FFJORD, a free-form continuous normalizing flow.
 
     The data are mapped to standardized features (optionally rotated onto whitened principal

@@ -19,10 +19,6 @@ from .density import FFJORDDensity, MeanLogLikelihoodMixin, check_n_samples
 __all__ = ["DensityEnsemble"]
 
 
-def _fit_member(estimator, X):
-    return estimator.fit(X)
-
-
 class DensityEnsemble(MeanLogLikelihoodMixin, BaseEstimator):
     """An equal-weight mixture of ``n_estimators`` copies of a density estimator, each fitted to
     all of ``X`` with its own seed.
@@ -31,9 +27,9 @@ class DensityEnsemble(MeanLogLikelihoodMixin, BaseEstimator):
     rows, minibatches and noise from its seed, so the copies overfit in different places; their
     mixture ``p(x) = (1 / K) sum_k p_k(x)`` is a normalized density whose held-out
     log-likelihood is at least the copies' mean (Jensen's inequality) and, on small tables, far
-    above it (``benchmarks/README.md``: winequality_red 2.25 nats per row with five flows
-    against 0.63-1.22 for each). It costs ``n_estimators`` fits and evaluations, which
-    ``n_jobs`` runs in parallel.
+    above it (``benchmarks/README.md``: on winequality_red 2.20 nats per row with five flows,
+    where single fits score 0.63-1.31 depending on the seed). It costs ``n_estimators`` fits
+    and evaluations, which ``n_jobs`` runs in parallel.
 
     Parameters
     ----------
@@ -125,7 +121,7 @@ class DensityEnsemble(MeanLogLikelihoodMixin, BaseEstimator):
                 np.iinfo(np.int32).max, size=self.n_estimators)
             members = [clone(template).set_params(random_state=int(seed)) for seed in seeds]
             self.estimators_ = Parallel(n_jobs=self.n_jobs)(
-                delayed(_fit_member)(member, X) for member in members)
+                delayed(member.fit)(X) for member in members)
             self.seeds_ = seeds
         return self
 
