@@ -41,17 +41,15 @@ class DensityEnsemble(MeanLogLikelihoodMixin, BaseEstimator):
         Number of copies in the mixture.
     n_jobs : int or None, default=None
         Copies fitted and scored at once (joblib processes; -1: all cores; None: one at a
-        time). Each :class:`~skflow.FFJORDDensity` then picks its torch threads from the cores
-        left free, as it does alone.
+        time). joblib caps each process's threads, which a copy's ``n_threads=None`` follows,
+        as under a grid search's ``n_jobs``.
     random_state : int, RandomState instance or None, default=None
         Draws the copies' seeds.
 
     Attributes
     ----------
     estimators_ : list of estimators
-        The fitted copies.
-    seeds_ : ndarray of shape (n_estimators,)
-        The ``random_state`` each copy was fitted with.
+        The fitted copies (each copy's ``random_state`` is the seed it was fitted with).
     n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -122,7 +120,6 @@ class DensityEnsemble(MeanLogLikelihoodMixin, BaseEstimator):
             members = [clone(template).set_params(random_state=int(seed)) for seed in seeds]
             self.estimators_ = Parallel(n_jobs=self.n_jobs)(
                 delayed(member.fit)(X) for member in members)
-            self.seeds_ = seeds
         return self
 
     def _member_scores(self, X):
