@@ -16,11 +16,13 @@ two-step model (start-up: imports, CUDA context, thread pools), then times (defa
    per second.
 
 The GPU process also scores rows with its GPU-fitted model on the CPU, and reports the largest
-difference from the GPU's scores (float32 rounding). The one-core and GPU processes run side
-by side on disjoint cores (the GPU's host thread needs a core of its own, one core's run
-needs only one), the all-cores process alone afterwards, so that the whole run fits in 5
-minutes on a 16-core GPU machine; a setting that outruns ``--budget`` is stopped and shown
-with what it finished. Without CUDA the CPU settings run and the GPU's are marked "no GPU".
+difference from the GPU's scores (float32 rounding); last, it fits pinwheel again without the
+captured training step (one eager step at a time), which shows what the CUDA graph buys. The
+one-core and GPU processes run side by side on disjoint cores (the GPU's host thread needs a
+core of its own, one core's run needs only one), the all-cores process alone afterwards, so
+that the whole run fits in 5 minutes on a 16-core GPU machine; a setting that outruns
+``--budget`` is stopped and shown with what it finished. Without CUDA the CPU settings run
+and the GPU's are marked "no GPU".
 
     python benchmarks/gpu_benchmark.py [--quick] [--budget SECONDS]
 
@@ -100,6 +102,11 @@ def worker(device, n_threads, quick):
         on_cpu = est.set_params(device="cpu", n_threads=1).score_samples(check)
         emit(workload="cross-device", rows=len(check),
              max_abs_diff=float(np.max(np.abs(on_cpu - scores[:len(check)]))))
+        # What the captured step buys: the toy fit again, one eager step at a time (last, so
+        # that the time budget cuts it first).
+        from skflow import training
+        training._captures = lambda *args: False
+        fit("fit: pinwheel, step by step", toy, toy_test)
 
 
 def launch(device, n_threads, cores, quick):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from ._captured_step import CapturedStep
 from ._threads import intra_op_threads, torch_threads
 from .cnf.evaluation import Evaluator
 from .cnf.flow import ContinuousFlow, FlowSpec
@@ -47,7 +48,10 @@ class TrainingConfig:
     exponential moving average of the weights. ``max_time`` (seconds, None: no limit) ends
     training when it runs out, after a last validation; the learning rate's decay then follows
     whichever of ``max_iter`` and ``max_time`` runs out first. ``validation_atol`` /
-    ``validation_rtol`` and ``max_num_steps`` are the validation solver's.
+    ``validation_rtol`` and ``max_num_steps`` are the validation solver's. ``capture``: None
+    captures the flow-matching step as a CUDA graph on a GPU
+    (:class:`~skflow._captured_step.CapturedStep`; one block, one process, not with optimal
+    transport pairing), True runs that step on any device (eagerly on a CPU), False never.
 
     Examples
     --------
@@ -75,6 +79,7 @@ class TrainingConfig:
     max_recoveries: int = 3
     cosine_decay: bool = True
     averaging_decay: float = 0.0
+    capture: bool | None = None
     verbose: int = 0
 
 
@@ -145,21 +150,22 @@ def fit_flow(flow: ContinuousFlow | FlowSpec, Z: np.ndarray, config: TrainingCon
     master = flow.build(seed) if isinstance(flow, FlowSpec) else copy.deepcopy(flow)
     # The flow is kept in float64 on the CPU; training runs on a float32 copy on the device.
     working = copy.deepcopy(master).to(device=device, dtype=torch.float32)
-    optimizer = _make_optimizer(working, config, optimizer_state)
+    capture = _captures(config, working, device, world.size)
+    optimizer = _make_optimizer(working, config, optimizer_state, capture)
     train_rows, val_rows = _split(Z.shape[0], config.validation_fraction, rng)
     Z_train, Z_val = (torch.tensor(torchrun.shard_rows(Z[rows]), dtype=torch.float32,
                                    device=device) for rows in (train_rows, val_rows))
     generator = torch.Generator(device=device).manual_seed(seed + world.rank)
     # Each rank its shard of the rows: the global minibatch stays batch_size.
     batches = _minibatches(Z_train, max(1, config.batch_size // world.size), generator)
-    run = _Run(working, optimizer, config, generator, n_iter_start)
+    run = _Run(working, optimizer, config, generator, n_iter_start, capture)
     width = max(layer.linear.out_features for layer in master.blocks[0].net.layers)
     with torch_threads(intra_op_threads(n_threads, min(config.batch_size, len(Z)), width)):
         run.train(batches, Z_val)
     torchrun.broadcast_training_state(working, optimizer)  # every rank ends with rank 0's
     master.load_state_dict(working.state_dict())  # casts back to float64
     return TrainingResult(
-        flow=master, optimizer_state=_to_cpu(optimizer.state_dict()), n_iter=run.iteration,
+        flow=master, optimizer_state=_portable(optimizer.state_dict()), n_iter=run.iteration,
         history=run.history, best_validation_loss=run.best_loss,
         stopped_early=run.stopped_early, interrupted=run.interrupted,
         out_of_time=run.out_of_time, device=str(device),
@@ -176,14 +182,46 @@ def _split(n_rows, validation_fraction, rng):
     return np.arange(n_rows), order[:2048]
 
 
-def _make_optimizer(flow, config, state):
-    optimizer = torch.optim.Adam([p for p in flow.parameters() if p.requires_grad],
-                                 lr=config.learning_rate, weight_decay=config.weight_decay)
-    if state is not None:  # continue the moments, with this run's rate and decay
+def _captures(config, flow, device, world_size):
+    """Whether the run takes :class:`CapturedStep`'s steps (see ``TrainingConfig.capture``)."""
+    wanted = device.type == "cuda" if config.capture is None else config.capture
+    return (wanted and config.objective == "flow_matching" and len(flow.blocks) == 1
+            and world_size == 1)
+
+
+def _make_optimizer(flow, config, state, captured=False):
+    """Adam, continuing the moments of ``state`` with this run's rate and decay. A step
+    captured on a GPU reads its rate from a device tensor and updates without waiting for the
+    host (``capturable``)."""
+    parameters = [p for p in flow.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate,
+                                 weight_decay=config.weight_decay)
+    if state is not None:
         optimizer.load_state_dict(copy.deepcopy(state))  # Adam updates its moments in place
         for group in optimizer.param_groups:
             group["lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
+    device = parameters[0].device
+    if captured and device.type == "cuda":  # the rate and the step counts on the device
+        for group in optimizer.param_groups:
+            group["lr"], group["capturable"] = torch.tensor(group["lr"], device=device), True
+        for moments in optimizer.state.values():
+            moments["step"] = moments["step"].to(device)
     return optimizer
+
+
+def _portable(optimizer_state):
+    """An optimizer state that any run continues: on the CPU, a float rate, not capturable."""
+    state = _to_cpu(optimizer_state)
+    for group in state["param_groups"]:
+        group["lr"], group["capturable"] = float(group["lr"]), False
+    return state
+
+
+def _set_learning_rate(group, value):
+    if torch.is_tensor(group["lr"]):  # read by a captured step: change it in place
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
 
 
 def _minibatches(Z, batch_size, generator) -> Iterator[torch.Tensor]:
@@ -296,21 +334,32 @@ class _Progress:
 
 
 class _AveragedWeights:
-    """Exponential moving average of the weights (Polyak averaging). Flow matching's regression
-    targets are noisy, and the average of the iterates is a markedly better density than the
-    last iterate; it is what gets validated and kept."""
+    """Exponential moving average of the weights of ``flow`` (Polyak averaging). Flow matching's
+    regression targets are noisy, and the average of the iterates is a markedly better density
+    than the last iterate; it is what gets validated and kept. An update is the host's
+    :meth:`advance` (the next weight, written into a device tensor) and the device's
+    :meth:`apply`, so that a captured step can replay the second."""
 
     def __init__(self, flow, decay):
-        self.decay, self.model, self.steps = decay, copy.deepcopy(flow), 0
+        self.flow, self.decay, self.model, self.steps = flow, decay, copy.deepcopy(flow), 0
+        first = next(flow.parameters())
+        self.weight = torch.zeros((), dtype=first.dtype, device=first.device)
 
-    def update(self, flow):
+    def update(self):
+        self.advance()
+        self.apply()
+
+    def advance(self):
         self.steps += 1
-        weight = 1 - min(self.decay, (1 + self.steps) / (10 + self.steps))  # short warm-up
-        with torch.no_grad():  # one fused update on a GPU (on a CPU, lerp_ per tensor as before)
-            torch._foreach_lerp_(list(self.model.parameters()), list(flow.parameters()), weight)
+        self.weight.fill_(1 - min(self.decay, (1 + self.steps) / (10 + self.steps)))  # warm-up
 
-    def reset(self, flow):
-        self.model.load_state_dict(flow.state_dict())
+    def apply(self):
+        with torch.no_grad():  # one fused update on a GPU (on a CPU, lerp_ per tensor as before)
+            torch._foreach_lerp_(list(self.model.parameters()), list(self.flow.parameters()),
+                                 self.weight)
+
+    def reset(self):
+        self.model.load_state_dict(self.flow.state_dict())
         self.steps = 0
 
 
@@ -345,19 +394,22 @@ class _Run:
     restored (with ``averaging_decay`` > 0, validation and the kept weights use an exponential
     moving average of the iterates). The learning rate follows a cosine decay to a tenth of its
     start (unless ``cosine_decay`` is off). A non-finite loss or gradient, or a failed solve,
-    restores the last good weights, divides the learning rate by 10 and continues; after
-    ``max_recoveries`` such faults :class:`TrainingDivergedError` is raised. Ctrl-C stops
-    training and keeps the best weights.
+    restores the last good weights (those of the last validation), divides the learning rate
+    by 10 and continues; after ``max_recoveries`` such faults :class:`TrainingDivergedError` is
+    raised. A captured step (``captured``) is not checked until the next validation. Ctrl-C
+    stops training and keeps the best weights.
     """
 
-    def __init__(self, flow, optimizer, config, generator, n_iter_start):
+    def __init__(self, flow, optimizer, config, generator, n_iter_start, captured=False):
         self.flow, self.optimizer, self.config = flow, optimizer, config
         self.n_iter_start = n_iter_start
         self.parameters = [p for p in flow.parameters() if p.requires_grad]
         self.objective = make_objective(flow, config, generator)
         self.averaged = (_AveragedWeights(flow, config.averaging_decay)
                          if config.averaging_decay else None)
-        self.base_lrs, self.lr_scale = [g["lr"] for g in optimizer.param_groups], 1.0
+        self.captured = (CapturedStep(self.objective, optimizer, self.averaged) if captured
+                         else None)
+        self.base_lrs, self.lr_scale = [float(g["lr"]) for g in optimizer.param_groups], 1.0
         self.best_loss, self.best_state = math.inf, copy.deepcopy(flow.state_dict())
         self.good_state = _state_snapshot(flow, optimizer)
         self.iteration, self.recoveries, self.n_bad = 0, 0, 0
@@ -402,7 +454,11 @@ class _Run:
         """One optimizer step; returns the fault that prevented it, if any (on any rank)."""
         factor = self.lr_scale * _learning_rate_factor(self._done(), self.config.cosine_decay)
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base_lr * factor
+            _set_learning_rate(group, base_lr * factor)
+        if self.captured is not None:  # no host synchronisation: faults show at validation
+            self.sums.add(self.captured(batch), 0, 0)
+            self.iteration += 1
+            return None
         self.optimizer.zero_grad(set_to_none=True)
         fault = None
         try:
@@ -424,7 +480,7 @@ class _Run:
             return fault
         self.optimizer.step()
         if self.averaged:
-            self.averaged.update(self.flow)
+            self.averaged.update()
         self.iteration += 1
         self.sums.add(reported, nfe_forward, self.objective.nfe - nfe_forward)
         return None
@@ -432,6 +488,8 @@ class _Run:
     def _validate(self, Z_val, progress):
         """Validate, record, keep the best weights; returns a fault instead, if any."""
         validated = self.averaged.model if self.averaged else self.flow
+        if not math.isfinite(float(self.sums.loss)):  # a captured step's fault surfaces here
+            return FloatingPointError("non-finite training loss")
         try:
             val_loss = _global_validation_loss(validated, Z_val, self.config)
             if not math.isfinite(val_loss):
@@ -442,7 +500,7 @@ class _Run:
             time.perf_counter() - self.started)
         entry = dict(iteration=self.n_iter_start + self.iteration, train_loss=loss,
                      val_loss=val_loss, nfe_forward=nfe_forward, nfe_backward=nfe_backward,
-                     learning_rate=self.optimizer.param_groups[0]["lr"], time=elapsed)
+                     learning_rate=float(self.optimizer.param_groups[0]["lr"]), time=elapsed)
         self.history.append(entry)
         progress.record(entry)
         self.sums = _Sums()
@@ -471,8 +529,11 @@ class _Run:
                       "good weights and divided the learning rate by 10.", TrainingFaultWarning,
                       stacklevel=5)
         self.lr_scale /= 10
+        self.sums = _Sums()  # the undone steps' losses (non-finite after a captured fault)
         if self.averaged:
-            self.averaged.reset(self.flow)
+            self.averaged.reset()
+        if self.captured is not None:
+            self.captured.reset()
 
     def _keep_best(self, Z_val):
         """Load the best validated weights; an interrupted run before its first validation

@@ -1,7 +1,8 @@
 """The device side: what a GPU changes (tests skipped without CUDA) and the CPU-visible parts
 of the GPU work (device objects, the evaluator's bounded chunks, the solver's one read of the
-device per step)."""
+device per step, the captured training step's arithmetic)."""
 
+import math
 import pickle
 import warnings
 
@@ -10,11 +11,14 @@ import pytest
 import torch
 
 from skflow import FFJORDDensity
+from skflow._captured_step import CapturedStep
 from skflow.cnf.evaluation import Evaluator
-from skflow.cnf.flow import ContinuousFlow
+from skflow.cnf.flow import ContinuousFlow, FlowSpec
+from skflow.cnf.objectives import FlowMatchingObjective
 from skflow.cnf.solver import solve_per_row
 from skflow.datasets import make_toy
-from skflow.exceptions import SolverError
+from skflow.exceptions import SolverError, TrainingFaultWarning
+from skflow.training import TrainingConfig, fit_flow
 
 from .conftest import FAST
 
@@ -24,6 +28,21 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 # steps can amplify a little (a step accepted on one device, rejected on the other); in
 # float64 the devices agree far more tightly.
 CROSS_DEVICE_ATOL = {"float32": 1e-3, "float64": 1e-8}
+
+
+def _train(capture, device="cpu", flow=None, optimizer_state=None, **config):
+    """A small flow-matching run of ``fit_flow`` (weight averaging on, as by default)."""
+    Z = make_toy("pinwheel", 600, random_state=0) / 2
+    config = TrainingConfig(**{
+        "objective": "flow_matching", "max_iter": 30, "validation_interval": 10,
+        "batch_size": 128, "learning_rate": 1e-2, "averaging_decay": 0.999, "capture": capture,
+        **config})
+    return fit_flow(flow or FlowSpec(2, (16, 16)), Z, config, random_state=0, device=device,
+                    optimizer_state=optimizer_state)
+
+
+def _weights(result):
+    return [t.detach().cpu() for t in result.flow.state_dict().values()]
 
 
 def _fit(**params):
@@ -78,6 +97,62 @@ def test_the_per_row_solver_reads_the_device_once_per_step(monkeypatch):
                               nfe=nfe)
     assert torch.allclose(y1, torch.full_like(y1, np.exp(-1)), atol=1e-5)
     assert len(reads) == (int(nfe.max()) - 2) // 6  # one per step: 6 evaluations, 2 to start
+
+
+def test_the_captured_step_trains_exactly_as_the_eager_step(monkeypatch):
+    # On a CPU the captured step runs eagerly on its buffers: the same draws, the same Adam
+    # update (its rate read from a tensor) and the same weight average, to the bit.
+    calls = []
+    real = CapturedStep.__call__
+    monkeypatch.setattr(CapturedStep, "__call__",
+                        lambda self, batch: calls.append(1) or real(self, batch))
+    eager, captured = _train(False), _train(True)
+    assert len(calls) == 30
+    assert [h["val_loss"] for h in captured.history] == [h["val_loss"] for h in eager.history]
+    assert [h["train_loss"] for h in captured.history] == [
+        h["train_loss"] for h in eager.history]
+    assert all(torch.equal(a, b) for a, b in zip(_weights(captured), _weights(eager)))
+    # Not by default on a CPU, nor where the step is not one fixed-shape graph.
+    calls.clear()
+    _train(None)
+    _train(True, objective="ot_flow_matching")  # the pairing is solved on the host
+    _train(True, flow=FlowSpec(2, (16, 16), n_blocks=2))  # rows split between blocks
+    assert calls == []
+
+
+def test_a_fault_in_a_captured_step_surfaces_at_the_next_validation(monkeypatch):
+    # The captured step does not wait for its loss: a non-finite one shows in the training
+    # loss summed up to the next validation, which restores the last good weights (here the
+    # initial ones) and divides the learning rate by 10, as for any fault.
+    real, calls = FlowMatchingObjective.loss, []
+
+    def nan_on_call_7(self, *args):
+        calls.append(1)
+        loss = real(self, *args)
+        return loss * math.nan if len(calls) == 7 else loss
+
+    clean = _train(True)
+    monkeypatch.setattr(FlowMatchingObjective, "loss", nan_on_call_7)
+    with pytest.warns(TrainingFaultWarning,
+                      match="non-finite training loss at iteration 10: restored the last good"):
+        result = _train(True)
+    assert result.n_iter == 30 and [h["iteration"] for h in result.history] == [20, 30]
+    for after, before in zip(result.history, clean.history[1:]):
+        assert after["learning_rate"] == pytest.approx(before["learning_rate"] / 10)
+        assert math.isfinite(after["val_loss"]) and math.isfinite(after["train_loss"])
+    assert all(torch.isfinite(t).all() for t in _weights(result))
+
+
+def test_a_captured_runs_optimizer_state_continues_any_run():
+    # The returned state is portable (a float rate, not capturable, on the CPU), and a run
+    # continued from it is the same with or without the captured step.
+    first = _train(True)
+    assert all(isinstance(group["lr"], float) and not group["capturable"]
+               for group in first.optimizer_state["param_groups"])
+    continued = [_train(capture, flow=first.flow, optimizer_state=first.optimizer_state)
+                 for capture in (False, True)]
+    assert all(torch.equal(a, b) for a, b in zip(*map(_weights, continued)))
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(first), _weights(continued[0])))
 
 
 # ------------------------------------------------------------------------------ with a GPU
@@ -148,3 +223,27 @@ def test_the_evaluator_on_a_gpu_keeps_many_rows_in_flight_and_matches_the_cpu():
     assert on_gpu.chunk_rows >= 256
     np.testing.assert_allclose(on_gpu.log_prob(Z), Evaluator(flow).log_prob(Z), rtol=0,
                                atol=CROSS_DEVICE_ATOL["float32"])
+
+
+@needs_cuda
+def test_a_gpu_run_captures_its_step_once_and_trains_as_the_eager_step(monkeypatch):
+    captures, real = [], CapturedStep._capture
+    monkeypatch.setattr(CapturedStep, "_capture", lambda self: captures.append(1) or real(self))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed capture warns
+        captured = _train(None, device="cuda", max_iter=60)
+    assert captures == [1]  # captured once, replayed for the other steps
+    eager = _train(False, device="cuda", max_iter=60)
+    # Capturable Adam orders its float32 arithmetic differently: equal up to rounding.
+    np.testing.assert_allclose([h["val_loss"] for h in captured.history],
+                               [h["val_loss"] for h in eager.history], rtol=1e-3)
+    for a, b in zip(_weights(captured), _weights(eager)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-3)
+
+
+@needs_cuda
+def test_a_gpu_run_continues_a_cpu_run_and_back():
+    on_cpu = _train(False)
+    on_gpu = _train(None, device="cuda", flow=on_cpu.flow, optimizer_state=on_cpu.optimizer_state)
+    back = _train(False, flow=on_gpu.flow, optimizer_state=on_gpu.optimizer_state)
+    assert back.n_iter == 30 and all(torch.isfinite(t).all() for t in _weights(back))

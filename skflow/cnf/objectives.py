@@ -139,12 +139,23 @@ class FlowMatchingObjective:
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, loss)`` of a minibatch ``(n, d)`` of rows in flow space."""
-        x = batch
+        loss = self.loss(batch, *self.draw(batch))
+        return loss, loss
+
+    def draw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random part of a step on rows ``x``: their noise ``eps`` (paired by optimal
+        transport with ``ot=True``) and path times ``tau`` of shape ``(n, 1)``."""
         eps = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
         if self.ot:
             eps = self._ot_pairing(x, eps)
-        n_blocks = len(self.flow.blocks)
         tau = torch.rand((x.shape[0], 1), generator=self.generator, device=x.device, dtype=x.dtype)
+        return eps, tau
+
+    def loss(self, x: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """The regression loss of rows ``x`` with draws ``(eps, tau)``: device arithmetic
+        alone, with fixed shapes for one block (no host synchronisation, so that a GPU can
+        capture it as a graph)."""
+        n_blocks = len(self.flow.blocks)
         x_tau = (1 - tau) * x + tau * eps
         if self.ot or self.reference_rows <= 1:
             target = (eps - x) / n_blocks
@@ -160,8 +171,7 @@ class FlowMatchingObjective:
                 rows = block_index == k
                 residual = block.velocity(s[rows], x_tau[rows]) - target[rows]
             loss = loss + residual.pow(2).sum()
-        loss = loss / x.shape[0]
-        return loss, loss
+        return loss / x.shape[0]
 
     nfe = 0  # no ODE solve
 
