@@ -90,7 +90,7 @@ class CapturedStep:
     def _step(self) -> None:
         """The device side of a step: loss, gradient, Adam, weight average."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.objective.loss(*self.inputs)
+        loss = self.objective.loss(*self.inputs, fixed_shapes=True)
         loss.backward()
         self.optimizer.step()
         if self.averaged is not None:

@@ -240,7 +240,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         Where to train and evaluate: ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a
         :class:`torch.device`; ``'auto'`` picks CUDA when available. Resolved in ``fit`` (and
         in each evaluation), so a fitted model moves between machines. On a GPU the
-        flow-matching step (one block) is captured once as a CUDA graph and replayed, and a
+        flow-matching step is captured once as a CUDA graph and replayed, and a
         non-finite loss is caught at the next validation rather than at its step.
     n_threads : int or None, default=None
         torch's intra-op threads while fitting and evaluating; the caller's setting is restored

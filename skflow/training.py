@@ -50,8 +50,8 @@ class TrainingConfig:
     whichever of ``max_iter`` and ``max_time`` runs out first. ``validation_atol`` /
     ``validation_rtol`` and ``max_num_steps`` are the validation solver's. ``capture``: None
     captures the flow-matching step as a CUDA graph on a GPU
-    (:class:`~skflow._captured_step.CapturedStep`; one block, one process, not with optimal
-    transport pairing), True runs that step on any device (eagerly on a CPU), False never.
+    (:class:`~skflow._captured_step.CapturedStep`; one process, not with optimal transport
+    pairing), True runs that step on any device (eagerly on a CPU), False never.
 
     Examples
     --------
@@ -150,7 +150,7 @@ def fit_flow(flow: ContinuousFlow | FlowSpec, Z: np.ndarray, config: TrainingCon
     master = flow.build(seed) if isinstance(flow, FlowSpec) else copy.deepcopy(flow)
     # The flow is kept in float64 on the CPU; training runs on a float32 copy on the device.
     working = copy.deepcopy(master).to(device=device, dtype=torch.float32)
-    capture = _captures(config, working, device, world.size)
+    capture = _captures(config, device, world.size)
     optimizer = _make_optimizer(working, config, optimizer_state, capture)
     train_rows, val_rows = _split(Z.shape[0], config.validation_fraction, rng)
     Z_train, Z_val = (torch.tensor(torchrun.shard_rows(Z[rows]), dtype=torch.float32,
@@ -182,11 +182,10 @@ def _split(n_rows, validation_fraction, rng):
     return np.arange(n_rows), order[:2048]
 
 
-def _captures(config, flow, device, world_size):
+def _captures(config, device, world_size):
     """Whether the run takes :class:`CapturedStep`'s steps (see ``TrainingConfig.capture``)."""
     wanted = device.type == "cuda" if config.capture is None else config.capture
-    return (wanted and config.objective == "flow_matching" and len(flow.blocks) == 1
-            and world_size == 1)
+    return wanted and config.objective == "flow_matching" and world_size == 1
 
 
 def _make_optimizer(flow, config, state, captured=False):

@@ -151,10 +151,13 @@ class FlowMatchingObjective:
         tau = torch.rand((x.shape[0], 1), generator=self.generator, device=x.device, dtype=x.dtype)
         return eps, tau
 
-    def loss(self, x: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor,
+             fixed_shapes: bool = False) -> torch.Tensor:
         """The regression loss of rows ``x`` with draws ``(eps, tau)``: device arithmetic
-        alone, with fixed shapes for one block (no host synchronisation, so that a GPU can
-        capture it as a graph)."""
+        alone. With several blocks each row trains its own block, which splits the minibatch
+        by the drawn times; ``fixed_shapes`` instead runs every row through every block and
+        keeps each row's own residual (``n_blocks`` times the arithmetic, shapes that do not
+        depend on the draws, no host synchronisation: what a GPU can capture as a graph)."""
         n_blocks = len(self.flow.blocks)
         x_tau = (1 - tau) * x + tau * eps
         if self.ot or self.reference_rows <= 1:
@@ -167,6 +170,9 @@ class FlowMatchingObjective:
         for k, block in enumerate(self.flow.blocks):
             if n_blocks == 1:  # every row: no boolean mask, whose size the host must wait for
                 residual = block.velocity(s, x_tau) - target
+            elif fixed_shapes:
+                residual = torch.where((block_index == k)[:, None],
+                                       block.velocity(s, x_tau) - target, 0.0)
             else:
                 rows = block_index == k
                 residual = block.velocity(s[rows], x_tau[rows]) - target[rows]
