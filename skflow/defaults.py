@@ -15,7 +15,7 @@ import torch
 from .cnf.solver import SolverConfig
 from .training import TrainingConfig
 
-__all__ = ["AUTO", "FEW_FEATURES", "batch_size", "hidden_dims", "learning_rate",
+__all__ = ["AUTO", "FEW_FEATURES", "batch_size", "hidden_dims", "learning_rate", "n_blocks",
            "validation_interval", "training_config"]
 
 # 'auto' values by training mode: flow-matching steps cost milliseconds, likelihood steps solve
@@ -73,6 +73,32 @@ def learning_rate(training: str, n_features: int) -> float:
     if training == "likelihood":
         return 1e-3
     return 1e-2 if n_features <= FEW_FEATURES else 5e-3
+
+
+def n_blocks(training: str, n_features: int) -> int:
+    """``n_blocks='auto'``: two blocks under flow matching from five features on, else one.
+
+    Under flow matching the blocks share the path from data to noise, each its own network for
+    its own half of the time, and a row trains only the block of its drawn time: a second
+    block doubles the dynamics' capacity for up to 1.25x the cost of a step (and 1.2-2.1x the
+    scoring time). On the development suite (``benchmarks/results/quality_blocks2.md``,
+    held-out nats per row, two blocks against one) it gained on 13 of the 15 tables with five
+    features or more: compactiv -59.85 against -61.04, winequality_white 1.49 against 0.54,
+    treasury -17.54 against -18.47, wine -18.16 against -19.01, diabetes -27.82 against
+    -28.50, concrete -23.37 against -23.96, miniboone -13.04 against -13.61, winequality_red
+    1.59 against 1.22 (losses: puma32h 0.38, wizmir 0.05 nats); on three of the four 2-D
+    densities it lost 0.004-0.027 nats. Three or four blocks gained more on some tables and
+    lost more on the 2-D densities, for 1.5-4x the fit time (``benchmarks/README.md``).
+    Likelihood training solves every block at every step (twice the cost), and
+    optimal-transport flow matching was not measured: both keep one.
+
+    Examples
+    --------
+    >>> from skflow.defaults import n_blocks
+    >>> n_blocks("flow_matching", 10), n_blocks("flow_matching", 2), n_blocks("likelihood", 10)
+    (2, 1, 1)
+    """
+    return 2 if training == "flow_matching" and n_features > FEW_FEATURES else 1
 
 
 def batch_size(device: torch.device) -> int:

@@ -156,8 +156,12 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         Non-linearity between layers; all are smooth, which keeps the ODE non-stiff. ``'swish'``
         learns its slope, ``'silu'`` is swish with slope 1 (it trains fastest with flow
         matching: see benchmarks/README.md).
-    n_blocks : int, default=1
-        Number of stacked CNF blocks, each with its own dynamics network.
+    n_blocks : int or 'auto', default='auto'
+        Number of stacked CNF blocks, each with its own dynamics network. Under flow matching
+        the blocks share the path from data to noise, each its own stretch of time, and a row
+        trains one block per step. ``'auto'``: 2 under ``training='flow_matching'`` with five
+        features or more, else 1 (:func:`skflow.defaults.n_blocks`); the number used is in
+        ``n_blocks_``.
     time_length : float, default=1.0
         Integration time ``T`` of each block.
     train_time_length : bool, default=False
@@ -264,6 +268,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         The preprocessing used (``preprocessing='auto'`` resolved on the training data).
     hidden_dims_ : tuple of int
         The widths of the fitted flow's hidden layers (``hidden_dims='auto'`` resolved).
+    n_blocks_ : int
+        The fitted flow's number of blocks (``n_blocks='auto'`` resolved).
     flow_ : skflow.cnf.flow.ContinuousFlow
         The fitted flow on mapped rows (a torch module in float64, kept on the CPU).
     n_features_in_ : int
@@ -312,7 +318,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         "preprocessing": [StrOptions({"auto", "standardize", "quantile", "pca",
                                        "pca_quantile"})],
         "activation": [StrOptions(set(ACTIVATIONS))],
-        "n_blocks": [Interval(Integral, 1, None, closed="left")],
+        "n_blocks": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "time_length": [Interval(Real, 0, None, closed="neither")],
         "train_time_length": ["boolean"],
         "training": [StrOptions(set(OBJECTIVES))],
@@ -345,7 +351,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
     }
 
     def __init__(
-        self, *, hidden_dims="auto", preprocessing="auto", activation="silu", n_blocks=1,
+        self, *, hidden_dims="auto", preprocessing="auto", activation="silu", n_blocks="auto",
         time_length=1.0, train_time_length=False, training="flow_matching",
         divergence="hutchinson", noise="rademacher", solver="dopri5", n_steps=8, atol=1e-5,
         rtol=1e-5, eval_atol=1e-6, eval_rtol=1e-6, eval_dtype="float32", max_num_steps=1000,
@@ -447,9 +453,10 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         returns the validated rows and the training result."""
         first = not hasattr(self, "flow_") or not (partial or self.warm_start)
         X = self._validate_rows(X, reset=first, ensure_min_samples=2)
+        n_blocks = (defaults.n_blocks(self.training, X.shape[1]) if self.n_blocks == "auto"
+                    else self.n_blocks)
         spec = FlowSpec(X.shape[1], _check_hidden_dims(self.hidden_dims, X.shape[1]),
-                        self.activation,
-                        self.n_blocks, self.time_length, self.train_time_length)
+                        self.activation, n_blocks, self.time_length, self.train_time_length)
         if first:
             input_map = InputMap(self.preprocessing).fit(X, getattr(self, "feature_names_in_",
                                                                     None))
@@ -539,6 +546,12 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         pickled before ``hidden_dims='auto'`` existed have it too)."""
         check_is_fitted(self)
         return self.flow_.hidden_dims
+
+    @property
+    def n_blocks_(self) -> int:
+        """The fitted flow's number of blocks (read from the flow, as ``hidden_dims_``)."""
+        check_is_fitted(self)
+        return len(self.flow_.blocks)
 
     @property
     def _n_features_out(self) -> int:  # names of transform's latent columns

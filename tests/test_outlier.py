@@ -59,10 +59,11 @@ def test_signature_repeats_every_density_parameter_with_its_default():
     detector = inspect.signature(FFJORDOutlierDetector.__init__).parameters
     assert list(detector)[:-2] == list(density)
     for name, parameter in density.items():
-        if name not in ("preprocessing", "hidden_dims"):  # chosen separately for ranking
+        if name not in ("preprocessing", "hidden_dims", "n_blocks"):  # kept for the ranking
             assert detector[name].default == parameter.default, name
     assert detector["preprocessing"].default == "standardize"
     assert detector["hidden_dims"].default == (64, 64, 64)
+    assert detector["n_blocks"].default == 1
     assert detector["contamination"].default == "auto"
     assert detector["calibration"].default == "auto"
     assert FFJORDOutlierDetector().get_params()["contamination"] == "auto"
