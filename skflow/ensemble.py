@@ -28,8 +28,8 @@ class DensityEnsemble(MeanLogLikelihoodMixin, BaseEstimator):
     mixture ``p(x) = (1 / K) sum_k p_k(x)`` is a normalized density whose held-out
     log-likelihood is at least the copies' mean (Jensen's inequality) and, on small tables, far
     above it (``benchmarks/README.md``: on winequality_red 2.20 nats per row with five
-    one-block flows, where single one-block fits score 0.63-1.31 depending on the seed). It costs ``n_estimators`` fits
-    and evaluations, which ``n_jobs`` runs in parallel.
+    one-block flows, where single one-block fits score 0.63-1.31 depending on the seed). It
+    costs ``n_estimators`` fits and evaluations, which ``n_jobs`` runs in parallel.
 
     Parameters
     ----------
