@@ -15,8 +15,8 @@ import torch
 from .cnf.solver import SolverConfig
 from .training import TrainingConfig
 
-__all__ = ["AUTO", "FEW_FEATURES", "batch_size", "hidden_dims", "learning_rate", "n_blocks",
-           "validation_interval", "training_config"]
+__all__ = ["AUTO", "FEW_FEATURES", "THIRD_BLOCK", "batch_size", "hidden_dims", "learning_rate",
+           "n_blocks", "validation_interval", "training_config"]
 
 # 'auto' values by training mode: flow-matching steps cost milliseconds, likelihood steps solve
 # the ODE twice. 10,000 flow-matching steps rather than 5,000 (results/quality.md, held-out nats
@@ -30,6 +30,8 @@ AUTO = {
 }
 # Up to this many features, the narrower network and the larger flow-matching step.
 FEW_FEATURES = 4
+# From this many features and rows, a third flow-matching block (``n_blocks``).
+THIRD_BLOCK = (8, 600)
 _CPU = torch.device("cpu")
 
 
@@ -75,30 +77,41 @@ def learning_rate(training: str, n_features: int) -> float:
     return 1e-2 if n_features <= FEW_FEATURES else 5e-3
 
 
-def n_blocks(training: str, n_features: int) -> int:
-    """``n_blocks='auto'``: two blocks under flow matching from five features on, else one.
+def n_blocks(training: str, n_features: int, n_rows: int) -> int:
+    """``n_blocks='auto'``: under flow matching one block up to four features, three from
+    eight features and 600 rows, else two; one block for the other training modes.
 
     Under flow matching the blocks share the path from data to noise, each its own network for
-    its own half of the time, and a row trains only the block of its drawn time: a second
-    block doubles the dynamics' capacity for up to 1.25x the cost of a step (and 1.2-2.1x the
-    scoring time). On the development suite (``benchmarks/results/quality_blocks2.md``,
-    held-out nats per row, two blocks against one) it gained on 13 of the 15 tables with five
-    features or more: compactiv -59.85 against -61.04, winequality_white 1.49 against 0.54,
-    treasury -17.54 against -18.47, wine -18.16 against -19.01, diabetes -27.82 against
-    -28.50, concrete -23.37 against -23.96, miniboone -13.04 against -13.61, winequality_red
-    1.59 against 1.22 (losses: puma32h 0.38, wizmir 0.05 nats); on three of the four 2-D
-    densities it lost 0.004-0.027 nats. Three or four blocks gained more on some tables and
-    lost more on the 2-D densities, for 1.5-4x the fit time (``benchmarks/README.md``).
-    Likelihood training solves every block at every step (twice the cost), and
-    optimal-transport flow matching was not measured: both keep one.
+    its own part of the time, and a row trains only the block of its drawn time: each block
+    adds the capacity of one dynamics network for a small part of a step's cost (more
+    launches, the same rows). On the development suite (held-out nats per row):
+
+    - two blocks against one (``benchmarks/results/quality_blocks2.md``) gained on 13 of the 15
+      tables with five features or more (compactiv -59.85 against -61.04, winequality_white
+      1.49 against 0.54, treasury -17.54 against -18.47), and lost 0.004-0.027 nats on three
+      of the four 2-D densities;
+    - three blocks against two (seeds 0 and 1, ``benchmarks/README.md``) gained on every
+      table with eight features or more and 600 rows or more (winequality_white 2.72 against
+      1.49, winequality_red 2.45 and 2.59 against 1.59 and 1.33, concrete -22.84 and -20.54
+      against -23.37 and -22.74, miniboone -12.65 against -13.05), and lost where there were
+      fewer rows (breast_cancer, 456 rows: 35.16 and 36.45 against 37.75 and 37.41; diabetes,
+      354 rows, 0.2-0.3 nats) or fewer features (airfoil, 6 features: -0.44 against 0.53).
+
+    Likelihood training solves every block at every step (a block's full cost), and
+    optimal-transport flow matching was not measured: both keep one. With ``partial_fit`` the
+    first call's rows decide.
 
     Examples
     --------
     >>> from skflow.defaults import n_blocks
-    >>> n_blocks("flow_matching", 10), n_blocks("flow_matching", 2), n_blocks("likelihood", 10)
-    (2, 1, 1)
+    >>> [n_blocks("flow_matching", d, 1000) for d in (2, 6, 10)]
+    [1, 2, 3]
+    >>> n_blocks("flow_matching", 10, 300), n_blocks("likelihood", 10, 1000)
+    (2, 1)
     """
-    return 2 if training == "flow_matching" and n_features > FEW_FEATURES else 1
+    if training != "flow_matching" or n_features <= FEW_FEATURES:
+        return 1
+    return 3 if n_features >= THIRD_BLOCK[0] and n_rows >= THIRD_BLOCK[1] else 2
 
 
 def batch_size(device: torch.device) -> int:

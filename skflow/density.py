@@ -159,9 +159,9 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
     n_blocks : int or 'auto', default='auto'
         Number of stacked CNF blocks, each with its own dynamics network. Under flow matching
         the blocks share the path from data to noise, each its own stretch of time, and a row
-        trains one block per step. ``'auto'``: 2 under ``training='flow_matching'`` with five
-        features or more, else 1 (:func:`skflow.defaults.n_blocks`); the number used is in
-        ``n_blocks_``.
+        trains one block per step. ``'auto'``: under ``training='flow_matching'`` 1 up to four
+        features, 3 from eight features and 600 rows, else 2; 1 for the other training modes
+        (:func:`skflow.defaults.n_blocks`). The number used is in ``n_blocks_``.
     time_length : float, default=1.0
         Integration time ``T`` of each block.
     train_time_length : bool, default=False
@@ -453,8 +453,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         returns the validated rows and the training result."""
         first = not hasattr(self, "flow_") or not (partial or self.warm_start)
         X = self._validate_rows(X, reset=first, ensure_min_samples=2)
-        n_blocks = (defaults.n_blocks(self.training, X.shape[1]) if self.n_blocks == "auto"
-                    else self.n_blocks)
+        n_blocks = (defaults.n_blocks(self.training, X.shape[1], X.shape[0])
+                    if self.n_blocks == "auto" else self.n_blocks)
         spec = FlowSpec(X.shape[1], _check_hidden_dims(self.hidden_dims, X.shape[1]),
                         self.activation, n_blocks, self.time_length, self.train_time_length)
         if first:

@@ -265,12 +265,14 @@ def test_auto_hidden_dims_widen_with_the_features_and_an_explicit_tuple_is_kept(
         _ = FFJORDDensity().hidden_dims_
 
 
-def test_auto_n_blocks_adds_a_second_block_under_flow_matching_from_five_features():
+def test_auto_n_blocks_follows_features_and_rows_under_flow_matching():
     rng = np.random.RandomState(0)
-    cases = [("flow_matching", 4, 1), ("flow_matching", 5, 2), ("likelihood", 5, 1)]
-    for training, n_features, blocks in cases:
+    cases = [("flow_matching", 4, 60, 1), ("flow_matching", 5, 60, 2), ("likelihood", 5, 60, 1),
+             ("flow_matching", 8, 599, 2), ("flow_matching", 8, 600, 3),
+             ("flow_matching", 7, 600, 2), ("likelihood", 8, 600, 1)]
+    for training, n_features, n_rows, blocks in cases:
         params = {**FAST, "max_iter": 2, "training": training, "solver": "rk4", "n_steps": 2}
-        est = FFJORDDensity(**params).fit(rng.randn(60, n_features))
+        est = FFJORDDensity(**params).fit(rng.randn(n_rows, n_features))
         assert est.n_blocks == "auto" and est.n_blocks_ == len(est.flow_.blocks) == blocks
     est = FFJORDDensity(**{**FAST, "max_iter": 2, "n_blocks": 3}).fit(rng.randn(60, 2))
     assert est.n_blocks_ == 3 and pickle.loads(pickle.dumps(est)).n_blocks_ == 3
