@@ -83,19 +83,22 @@ def n_blocks(training: str, n_features: int, n_rows: int) -> int:
 
     Under flow matching the blocks share the path from data to noise, each its own network for
     its own part of the time, and a row trains only the block of its drawn time: each block
-    adds the capacity of one dynamics network for a small part of a step's cost (more
-    launches, the same rows). On the development suite (held-out nats per row):
+    adds one dynamics network's capacity at little cost per step (the same rows, more kernel
+    launches), though fits train longer before they stop and scoring integrates every block.
+    On the development suite (held-out nats per row):
 
     - two blocks against one (``benchmarks/results/quality_blocks2.md``) gained on 13 of the 15
       tables with five features or more (compactiv -59.85 against -61.04, winequality_white
       1.49 against 0.54, treasury -17.54 against -18.47), and lost 0.004-0.027 nats on three
       of the four 2-D densities;
-    - three blocks against two (seeds 0 and 1, ``benchmarks/README.md``) gained on every
-      table with eight features or more and 600 rows or more (winequality_white 2.72 against
-      1.49, winequality_red 2.45 and 2.59 against 1.59 and 1.33, concrete -22.84 and -20.54
-      against -23.37 and -22.74, miniboone -12.65 against -13.05), and lost where there were
-      fewer rows (breast_cancer, 456 rows: 35.16 and 36.45 against 37.75 and 37.41; diabetes,
-      354 rows, 0.2-0.3 nats) or fewer features (airfoil, 6 features: -0.44 against 0.53).
+    - three blocks against two (seeds 0 and 1, ``benchmarks/README.md``;
+      ``results/quality_auto_blocks.md``) gained on 10 of the 11 tables with eight features
+      or more and 600 rows or more (winequality_white 2.72 against 1.49, winequality_red 2.45
+      and 2.59 against 1.59 and 1.33, concrete -22.84 and -20.54 against -23.37 and -22.74,
+      miniboone -12.65 against -13.05; synthetic10 0.005 lower) for 1.1-2.4x the fit time,
+      and lost where there were fewer rows (breast_cancer, 456 rows: 35.16 and 36.45 against
+      37.75 and 37.41; diabetes, 354 rows, 0.2-0.3 nats) or fewer features (airfoil, 6
+      features: -0.44 and 0.31 against 0.53).
 
     Likelihood training solves every block at every step (a block's full cost), and
     optimal-transport flow matching was not measured: both keep one. With ``partial_fit`` the
