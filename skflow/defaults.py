@@ -95,7 +95,7 @@ def n_blocks(training: str, n_features: int, n_rows: int) -> int:
       ``results/quality_auto_blocks.md``) gained on 10 of the 11 tables with eight features
       or more and 600 rows or more (winequality_white 2.72 against 1.49, winequality_red 2.45
       and 2.59 against 1.59 and 1.33, concrete -22.84 and -20.54 against -23.37 and -22.74,
-      miniboone -12.65 against -13.05; synthetic10 0.005 lower) for 1.1-2.4x the fit time,
+      miniboone -12.65 against -13.05; synthetic10 0.005 lower) for 1.2-2.4x the fit time,
       and lost where there were fewer rows (breast_cancer, 456 rows: 35.16 and 36.45 against
       37.75 and 37.41; diabetes, 354 rows, 0.2-0.3 nats) or fewer features (airfoil, 6
       features: -0.44 and 0.31 against 0.53).
