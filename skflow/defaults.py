@@ -15,8 +15,8 @@ import torch
 from .cnf.solver import SolverConfig
 from .training import TrainingConfig
 
-__all__ = ["AUTO", "FEW_FEATURES", "THIRD_BLOCK", "batch_size", "hidden_dims", "learning_rate",
-           "n_blocks", "validation_interval", "training_config"]
+__all__ = ["AUTO", "FEW_FEATURES", "THIRD_BLOCK_FEATURES", "THIRD_BLOCK_ROWS", "batch_size",
+           "hidden_dims", "learning_rate", "n_blocks", "validation_interval", "training_config"]
 
 # 'auto' values by training mode: flow-matching steps cost milliseconds, likelihood steps solve
 # the ODE twice. 10,000 flow-matching steps rather than 5,000 (results/quality.md, held-out nats
@@ -30,8 +30,8 @@ AUTO = {
 }
 # Up to this many features, the narrower network and the larger flow-matching step.
 FEW_FEATURES = 4
-# From this many features and rows, a third flow-matching block (``n_blocks``).
-THIRD_BLOCK = (8, 600)
+# From this many features and fit rows, a third flow-matching block (``n_blocks``).
+THIRD_BLOCK_FEATURES, THIRD_BLOCK_ROWS = 8, 600
 _CPU = torch.device("cpu")
 
 
@@ -114,7 +114,7 @@ def n_blocks(training: str, n_features: int, n_rows: int) -> int:
     """
     if training != "flow_matching" or n_features <= FEW_FEATURES:
         return 1
-    return 3 if n_features >= THIRD_BLOCK[0] and n_rows >= THIRD_BLOCK[1] else 2
+    return 3 if n_features >= THIRD_BLOCK_FEATURES and n_rows >= THIRD_BLOCK_ROWS else 2
 
 
 def batch_size(device: torch.device) -> int:

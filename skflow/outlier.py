@@ -54,8 +54,8 @@ n_threads, verbose, random_state
         data sharpens the density on repeated values, which raised the held-out likelihood but
         lowered the anomaly ranking on the ODDS sets (mean ROC-AUC 0.910 against 0.923; see
         ``benchmarks/results/odds.md``), and ``hidden_dims=(64, 64, 64)`` and ``n_blocks=1``:
-        the wider network that ``'auto'`` picks from five features and the second block it
-        adds under flow matching were chosen for the likelihood, not measured for the
+        the wider network that ``'auto'`` picks from five features and the blocks it adds
+        under flow matching were chosen for the likelihood, not measured for the
         ranking, and a default detector fits up to six flows (see ``calibration``).
     contamination : 'auto' or float in (0, 0.5], default='auto'
         Expected share of outliers; ``offset_`` is the ``100 * contamination`` percentile of the
