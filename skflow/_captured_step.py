@@ -1,4 +1,4 @@
-"""A flow-matching training step on fixed buffers, captured once as a CUDA graph and replayed.
+"""A training step on fixed buffers, captured once as a CUDA graph and replayed.
 
 A GPU's flow-matching step on a few thousand rows is bound by kernel launches and Python, not
 by arithmetic (``benchmarks/results/toy_gpu.md``: the default fit was no faster on an H200
@@ -26,12 +26,13 @@ WARMUP_STEPS = 3
 
 
 class CapturedStep:
-    """One flow-matching optimizer step at a time, replayed from a CUDA graph on a GPU.
+    """One optimizer step at a time, replayed from a CUDA graph on a GPU: flow matching's, or
+    the likelihood's with a fixed-grid solver and direct backpropagation.
 
     Parameters
     ----------
-    objective : FlowMatchingObjective
-        Its ``draw`` runs on the host side of the step, its ``loss`` inside the graph.
+    objective : FlowMatchingObjective or LikelihoodObjective
+        Its ``draw`` runs on the host side of the step, its ``losses`` inside the graph.
     optimizer : torch.optim.Adam
         On a GPU with ``capturable=True`` and a tensor learning rate (which the graph reads).
     averaged : object or None
@@ -59,6 +60,7 @@ class CapturedStep:
         self.objective, self.optimizer, self.averaged = objective, optimizer, averaged
         self.inputs: list[torch.Tensor] | None = None  # rows, noise, times
         self.loss: torch.Tensor | None = None
+        self.nfe = 0  # dynamics evaluations of a step: the same at every step of a fixed grid
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm_steps, self.eager = 0, False
 
@@ -90,12 +92,13 @@ class CapturedStep:
     def _step(self) -> None:
         """The device side of a step: loss, gradient, Adam, weight average."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.objective.loss(*self.inputs, fixed_shapes=True)
+        loss, reported = self.objective.losses(*self.inputs, fixed_shapes=True)
+        self.nfe = self.objective.nfe
         loss.backward()
         self.optimizer.step()
         if self.averaged is not None:
             self.averaged.apply()
-        self.loss = loss.detach()
+        self.loss = reported.detach()
 
     def _warm_up(self, device: torch.device) -> None:
         side = torch.cuda.Stream(device=device)

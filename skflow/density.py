@@ -244,8 +244,9 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         Where to train and evaluate: ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a
         :class:`torch.device`; ``'auto'`` picks CUDA when available. Resolved in ``fit`` (and
         in each evaluation), so a fitted model moves between machines. On a GPU the
-        flow-matching step is captured once as a CUDA graph and replayed, and a
-        non-finite loss is caught at the next validation rather than at its step.
+        flow-matching step (and the likelihood step with a fixed-grid ``solver`` and
+        ``adjoint=False``) is captured once as a CUDA graph and replayed, and a non-finite
+        loss is caught at the next validation rather than at its step.
     n_threads : int or None, default=None
         torch's intra-op threads while fitting and evaluating; the caller's setting is restored
         afterwards. None: one thread for tiny networks, otherwise the cores that other

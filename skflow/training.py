@@ -49,9 +49,10 @@ class TrainingConfig:
     training when it runs out, after a last validation; the learning rate's decay then follows
     whichever of ``max_iter`` and ``max_time`` runs out first. ``validation_atol`` /
     ``validation_rtol`` and ``max_num_steps`` are the validation solver's. ``capture``: None
-    captures the flow-matching step as a CUDA graph on a GPU
-    (:class:`~skflow._captured_step.CapturedStep`; one process, not with optimal transport
-    pairing), True runs that step on any device (eagerly on a CPU), False never.
+    captures the training step as a CUDA graph on a GPU
+    (:class:`~skflow._captured_step.CapturedStep`; one process; flow matching without optimal
+    transport pairing, or likelihood training with a fixed-grid solver and ``adjoint=False``),
+    True runs that step on any device (eagerly on a CPU), False never.
 
     Examples
     --------
@@ -185,7 +186,11 @@ def _split(n_rows, validation_fraction, rng):
 def _captures(config, device, world_size):
     """Whether the run takes :class:`CapturedStep`'s steps (see ``TrainingConfig.capture``)."""
     wanted = device.type == "cuda" if config.capture is None else config.capture
-    return wanted and config.objective == "flow_matching" and world_size == 1
+    # The host takes part in the optimal-transport pairing and in torchdiffeq's solves.
+    capturable = config.objective == "flow_matching" or (
+        config.objective == "likelihood" and config.solver.fixed_grid
+        and not config.solver.adjoint)
+    return wanted and capturable and world_size == 1
 
 
 def _make_optimizer(flow, config, state, captured=False):
@@ -455,7 +460,7 @@ class _Run:
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             _set_learning_rate(group, base_lr * factor)
         if self.captured is not None:  # no host synchronisation: faults show at validation
-            self.sums.add(self.captured(batch), 0, 0)
+            self.sums.add(self.captured(batch), self.captured.nfe, 0)
             self.iteration += 1
             return None
         self.optimizer.zero_grad(set_to_none=True)

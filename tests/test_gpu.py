@@ -15,7 +15,7 @@ from skflow._captured_step import CapturedStep
 from skflow.cnf.evaluation import Evaluator
 from skflow.cnf.flow import ContinuousFlow, FlowSpec
 from skflow.cnf.objectives import FlowMatchingObjective
-from skflow.cnf.solver import solve_per_row
+from skflow.cnf.solver import SolverConfig, solve_per_row
 from skflow.datasets import make_toy
 from skflow.exceptions import SolverError, TrainingFaultWarning
 from skflow.training import TrainingConfig, fit_flow
@@ -131,19 +131,46 @@ def test_the_captured_step_of_several_blocks_trains_as_the_eager_step():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_the_captured_likelihood_step_of_a_fixed_grid_trains_as_the_eager_step(
+        monkeypatch, divergence):
+    # Likelihood training with a fixed-grid solver and direct backpropagation reads nothing
+    # back from the device (its own grid loop; the probe drawn on the host side): it is
+    # captured too, and trains exactly as the eager step, evaluation counts included.
+    calls = []
+    real = CapturedStep.__call__
+    monkeypatch.setattr(CapturedStep, "__call__",
+                        lambda self, batch: calls.append(1) or real(self, batch))
+    likelihood = dict(objective="likelihood", divergence=divergence, averaging_decay=0.0,
+                      max_iter=20, learning_rate=1e-3,
+                      regularization={"kinetic_energy": 0.01},
+                      solver=SolverConfig(method="rk4", n_steps=4, adjoint=False))
+    eager, captured = _train(False, **likelihood), _train(True, **likelihood)
+    assert len(calls) == 20
+    for key in ("val_loss", "train_loss", "nfe_forward"):
+        assert [h[key] for h in captured.history] == [h[key] for h in eager.history]
+    assert captured.history[0]["nfe_forward"] == 16  # 4 steps of 4 evaluations
+    assert all(torch.equal(a, b) for a, b in zip(_weights(captured), _weights(eager)))
+    # torchdiffeq's adjoint and adaptive solves wait for the device: those are not captured.
+    calls.clear()
+    _train(True, **{**likelihood, "solver": SolverConfig(method="rk4", n_steps=4)})
+    _train(True, **{**likelihood, "solver": SolverConfig(adjoint=False)})
+    assert calls == []
+
+
 def test_a_fault_in_a_captured_step_surfaces_at_the_next_validation(monkeypatch):
     # The captured step does not wait for its loss: a non-finite one shows in the training
     # loss summed up to the next validation, which restores the last good weights (here the
     # initial ones) and divides the learning rate by 10, as for any fault.
-    real, calls = FlowMatchingObjective.loss, []
+    real, calls = FlowMatchingObjective.losses, []
 
     def nan_on_call_7(self, *args, **kwargs):
         calls.append(1)
-        loss = real(self, *args, **kwargs)
-        return loss * math.nan if len(calls) == 7 else loss
+        loss, reported = real(self, *args, **kwargs)
+        return (loss * math.nan, reported * math.nan) if len(calls) == 7 else (loss, reported)
 
     clean = _train(True)
-    monkeypatch.setattr(FlowMatchingObjective, "loss", nan_on_call_7)
+    monkeypatch.setattr(FlowMatchingObjective, "losses", nan_on_call_7)
     with pytest.warns(TrainingFaultWarning,
                       match="non-finite training loss at iteration 10: restored the last good"):
         result = _train(True)

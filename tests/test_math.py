@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torchdiffeq
 from scipy.linalg import expm
 from scipy.stats import multivariate_normal
 
@@ -11,7 +12,7 @@ from skflow.cnf.divergence import exact_divergence, hutchinson_divergence, sampl
 from skflow.cnf.evaluation import Evaluator
 from skflow.cnf.flow import CNFBlock, ContinuousFlow
 from skflow.cnf.objectives import marginal_velocity
-from skflow.cnf.solver import SolverConfig, solve_per_row
+from skflow.cnf.solver import FIXED_GRID_METHODS, SolverConfig, integrate, solve_per_row
 from skflow.preprocessing import InputMap
 
 
@@ -215,6 +216,34 @@ def test_fixed_grid_training_solver_converges_to_the_adaptive_one():
                    - adaptive).abs().max().item() for n in (8, 16, 32)]
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 1e-5
+
+
+@pytest.mark.parametrize("method", FIXED_GRID_METHODS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_fixed_grid_solve_is_torchdiffeqs_with_its_gradients(method, reverse):
+    # Training's own fixed-grid loop (it reads nothing back from the device) takes the steps
+    # of torchdiffeq's methods: the same states and the same gradients, to rounding.
+    x = torch.randn(12, 2, dtype=torch.float64)
+    results = []
+    for ours in (True, False):
+        flow = random_flow(2)
+        (func,) = flow.training_dynamics("exact", ("kinetic_energy",))
+        state = (x, torch.zeros(12, dtype=torch.float64), torch.zeros(12, dtype=torch.float64))
+        if ours:
+            config = SolverConfig(method=method, n_steps=5, adjoint=False)
+            end = integrate(func, state, config, reverse=reverse)
+        else:
+            times = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=torch.float64)
+            end = tuple(c[-1] for c in torchdiffeq.odeint(func, state, times, method=method,
+                                                          options={"step_size": 0.2}))
+        sum(component.sum() for component in end).backward()
+        results.append((torch.cat([c.flatten() for c in end]).detach(),
+                        torch.cat([p.grad.flatten() for p in flow.parameters()
+                                   if p.grad is not None])))
+    (states, grads), (expected_states, expected_grads) = results
+    assert (states[:24] - x.flatten()).abs().max() > 1e-2  # the rows moved
+    np.testing.assert_allclose(states, expected_states, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads, expected_grads, rtol=1e-10, atol=1e-12)
 
 
 def test_inverse_transform_undoes_transform(fitted_2d):

@@ -73,13 +73,23 @@ class LikelihoodObjective:
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, nll)`` of a minibatch ``(n, d)`` of rows in flow space."""
+        return self.losses(batch, *self.draw(batch))
+
+    def draw(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The random part of a step: the Hutchinson probe (one per solve, shared by all blocks
+        and the adjoint pass), or nothing with the exact divergence."""
+        if self.config.divergence != "hutchinson":
+            return ()
+        return (sample_noise(batch.shape, self.config.noise, self.generator, batch.device,
+                             batch.dtype),)
+
+    def losses(self, batch: torch.Tensor, noise: torch.Tensor | None = None,
+               fixed_shapes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, nll)`` of rows ``batch`` with the probe ``noise``. The shapes never depend
+        on the draws (``fixed_shapes`` is accepted for the captured step); with a fixed-grid
+        solver and direct backpropagation nothing waits for the device either."""
         for func in self.dynamics:
             func.nfe = 0
-        noise = None
-        if self.config.divergence == "hutchinson":
-            # One probe per solve, shared by all blocks and the adjoint pass.
-            noise = sample_noise(batch.shape, self.config.noise, self.generator, batch.device,
-                                 batch.dtype)
         log_prob, penalties = self.flow.training_log_prob(batch, self.config.solver,
                                                           self.dynamics, noise)
         nll = -log_prob.mean()
@@ -139,8 +149,7 @@ class FlowMatchingObjective:
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, loss)`` of a minibatch ``(n, d)`` of rows in flow space."""
-        loss = self.loss(batch, *self.draw(batch))
-        return loss, loss
+        return self.losses(batch, *self.draw(batch))
 
     def draw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The random part of a step on rows ``x``: their noise ``eps`` (paired by optimal
@@ -151,13 +160,14 @@ class FlowMatchingObjective:
         tau = torch.rand((x.shape[0], 1), generator=self.generator, device=x.device, dtype=x.dtype)
         return eps, tau
 
-    def loss(self, x: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor,
-             fixed_shapes: bool = False) -> torch.Tensor:
-        """The regression loss of rows ``x`` with draws ``(eps, tau)``: device arithmetic
-        alone. With several blocks each row trains its own block, which splits the minibatch
-        by the drawn times; ``fixed_shapes`` instead runs every row through every block and
-        keeps each row's own residual (``n_blocks`` times the arithmetic, shapes that do not
-        depend on the draws, no host synchronisation: what a GPU can capture as a graph)."""
+    def losses(self, x: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor,
+               fixed_shapes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The regression loss of rows ``x`` with draws ``(eps, tau)``, twice (the loss and
+        the value reported): device arithmetic alone. With several blocks each row trains its
+        own block, which splits the minibatch by the drawn times; ``fixed_shapes`` instead
+        runs every row through every block and keeps each row's own residual (``n_blocks``
+        times the arithmetic, shapes that do not depend on the draws, no host
+        synchronisation: what a GPU can capture as a graph)."""
         n_blocks = len(self.flow.blocks)
         x_tau = (1 - tau) * x + tau * eps
         if self.ot or self.reference_rows <= 1:
@@ -177,7 +187,8 @@ class FlowMatchingObjective:
                 rows = block_index == k
                 residual = block.velocity(s[rows], x_tau[rows]) - target[rows]
             loss = loss + residual.pow(2).sum()
-        return loss / x.shape[0]
+        loss = loss / x.shape[0]
+        return loss, loss
 
     nfe = 0  # no ODE solve
 
