@@ -2,8 +2,10 @@
 
 An objective maps a minibatch of rows in flow space to ``(loss, reported)``: the loss to
 minimise and the value recorded in the history (the negative log-likelihood without penalties
-under likelihood training, the regression loss under flow matching). ``nfe`` counts the
-dynamics evaluations of the last call.
+under likelihood training, the regression loss under flow matching). A call is ``draw`` (the
+step's random numbers) then ``losses`` (the arithmetic on them), so that a captured step can
+draw on the host and replay the arithmetic. ``nfe`` counts the dynamics evaluations of the
+last call.
 """
 
 from __future__ import annotations
