@@ -138,17 +138,28 @@ def integrate(func: nn.Module, state: tuple[torch.Tensor, ...], config: SolverCo
 
 
 _State = tuple[torch.Tensor, ...]
+# torchdiffeq's fixed-grid methods as explicit Runge-Kutta tableaus: the later stages' times
+# and weights of the earlier stages, and the step's weights (its 'rk4' is the 3/8 rule).
+_FIXED_GRID_TABLEAUS = {
+    "euler": ((), (), (1.0,)),
+    "midpoint": ((0.5,), ((0.5,),), (0.0, 1.0)),
+    "rk4": ((1 / 3, 2 / 3, 1.0), ((1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
+            (1 / 8, 3 / 8, 3 / 8, 1 / 8)),
+}
 
 
-def _moved(y: _State, h: torch.Tensor, k: _State) -> _State:
-    return tuple(a + h * b for a, b in zip(y, k))
+def _combined(state: _State, h: torch.Tensor, weights: tuple[float, ...],
+              stages: list[_State]) -> _State:
+    """``state + h * sum_i weights[i] * stages[i]``, component by component."""
+    return tuple(y + h * sum(w * stage[i] for w, stage in zip(weights, stages))
+                 for i, y in enumerate(state))
 
 
 def fixed_grid_solve(func: Callable[[torch.Tensor, _State], _State], state: _State, method: str,
                      n_steps: int, reverse: bool = False) -> _State:
     """Integrate a tuple ``state`` under ``func(s, state)`` over ``s`` in [0, 1] in ``n_steps``
-    equal steps of :data:`FIXED_GRID_METHODS` ``method``, with the arithmetic of torchdiffeq's
-    methods (its ``'rk4'`` is the 3/8 rule).
+    equal steps of :data:`FIXED_GRID_METHODS` ``method``, as torchdiffeq's methods step (its
+    ``'rk4'`` is the 3/8 rule).
 
     torchdiffeq's fixed-grid solver reads its grid and compares times on the host; this loop
     reads nothing back, so that a training step built on it can be captured as a CUDA graph.
@@ -166,6 +177,7 @@ def fixed_grid_solve(func: Callable[[torch.Tensor, _State], _State], state: _Sta
     """
     if method not in FIXED_GRID_METHODS:
         raise ValueError(f"method must be one of {FIXED_GRID_METHODS}, got {method!r}")
+    times, stage_weights, step_weights = _FIXED_GRID_TABLEAUS[method]
     first = state[0]
     start, end = (1.0, 0.0) if reverse else (0.0, 1.0)
     grid = (torch.arange(n_steps + 1, dtype=first.dtype, device=first.device)
@@ -173,18 +185,10 @@ def fixed_grid_solve(func: Callable[[torch.Tensor, _State], _State], state: _Sta
     grid[-1] = end
     for s0, s1 in zip(grid[:-1], grid[1:]):
         h = s1 - s0
-        k1 = func(s0, state)
-        if method == "euler":
-            state = _moved(state, h, k1)
-        elif method == "midpoint":
-            state = _moved(state, h, func(s0 + 0.5 * h, _moved(state, 0.5 * h, k1)))
-        else:  # the 3/8 rule, as torchdiffeq's rk4
-            k2 = func(s0 + h / 3, tuple(y + h * a / 3 for y, a in zip(state, k1)))
-            k3 = func(s0 + h * 2 / 3,
-                      tuple(y + h * (b - a / 3) for y, a, b in zip(state, k1, k2)))
-            k4 = func(s1, tuple(y + h * (a - b + c) for y, a, b, c in zip(state, k1, k2, k3)))
-            state = tuple(y + (a + 3 * (b + c) + d) * h * 0.125
-                          for y, a, b, c, d in zip(state, k1, k2, k3, k4))
+        stages = [func(s0, state)]
+        for c, weights in zip(times, stage_weights):
+            stages.append(func(s0 + c * h, _combined(state, h, weights, stages)))
+        state = _combined(state, h, step_weights, stages)
     return state
 
 
