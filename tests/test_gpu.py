@@ -41,6 +41,12 @@ def _train(capture, device="cpu", flow=None, optimizer_state=None, **config):
                     optimizer_state=optimizer_state)
 
 
+# Likelihood training that a GPU captures: a fixed grid, direct backpropagation.
+FIXED_GRID_LIKELIHOOD = dict(objective="likelihood", averaging_decay=0.0, learning_rate=1e-3,
+                             regularization={"kinetic_energy": 0.01},
+                             solver=SolverConfig(method="rk4", n_steps=4, adjoint=False))
+
+
 def _weights(result):
     return [t.detach().cpu() for t in result.flow.state_dict().values()]
 
@@ -141,10 +147,7 @@ def test_the_captured_likelihood_step_of_a_fixed_grid_trains_as_the_eager_step(
     real = CapturedStep.__call__
     monkeypatch.setattr(CapturedStep, "__call__",
                         lambda self, batch: calls.append(1) or real(self, batch))
-    likelihood = dict(objective="likelihood", divergence=divergence, averaging_decay=0.0,
-                      max_iter=20, learning_rate=1e-3,
-                      regularization={"kinetic_energy": 0.01},
-                      solver=SolverConfig(method="rk4", n_steps=4, adjoint=False))
+    likelihood = dict(FIXED_GRID_LIKELIHOOD, divergence=divergence, max_iter=20)
     eager, captured = _train(False, **likelihood), _train(True, **likelihood)
     assert len(calls) == 20
     for key in ("val_loss", "train_loss", "nfe_forward"):
@@ -264,14 +267,16 @@ def test_the_evaluator_on_a_gpu_keeps_many_rows_in_flight_and_matches_the_cpu():
 
 
 @needs_cuda
-def test_a_gpu_run_captures_its_step_once_and_trains_as_the_eager_step(monkeypatch):
+@pytest.mark.parametrize("training", [{}, FIXED_GRID_LIKELIHOOD],
+                         ids=["flow_matching", "fixed_grid_likelihood"])
+def test_a_gpu_run_captures_its_step_once_and_trains_as_the_eager_step(monkeypatch, training):
     captures, real = [], CapturedStep._capture
     monkeypatch.setattr(CapturedStep, "_capture", lambda self: captures.append(1) or real(self))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a failed capture warns
-        captured = _train(None, device="cuda", max_iter=60)
+        captured = _train(None, device="cuda", **training, max_iter=60)
     assert captures == [1]  # captured once, replayed for the other steps
-    eager = _train(False, device="cuda", max_iter=60)
+    eager = _train(False, device="cuda", **training, max_iter=60)
     # Capturable Adam orders its float32 arithmetic differently: equal up to rounding.
     np.testing.assert_allclose([h["val_loss"] for h in captured.history],
                                [h["val_loss"] for h in eager.history], rtol=1e-3)
