@@ -15,7 +15,8 @@ import torch
 from .cnf.solver import SolverConfig
 from .training import TrainingConfig
 
-__all__ = ["AUTO", "FEW_FEATURES", "THIRD_BLOCK_FEATURES", "THIRD_BLOCK_ROWS", "batch_size",
+__all__ = ["AUTO", "FEW_FEATURES", "FOURTH_LAYER_ROWS", "THIRD_BLOCK_FEATURES", "THIRD_BLOCK_ROWS",
+           "batch_size",
            "hidden_dims", "learning_rate", "n_blocks", "validation_interval", "training_config"]
 
 # 'auto' values by training mode: flow-matching steps cost milliseconds, likelihood steps solve
@@ -30,13 +31,16 @@ AUTO = {
 }
 # Up to this many features, the narrower network and the larger flow-matching step.
 FEW_FEATURES = 4
+# From this many fit rows, the narrower network takes a fourth layer (``hidden_dims``).
+FOURTH_LAYER_ROWS = 600
 # From this many features and fit rows, a third flow-matching block (``n_blocks``).
 THIRD_BLOCK_FEATURES, THIRD_BLOCK_ROWS = 8, 600
 _CPU = torch.device("cpu")
 
 
-def hidden_dims(n_features: int) -> tuple[int, ...]:
-    """``hidden_dims='auto'``: three hidden layers, 64 wide for up to four features, else 128.
+def hidden_dims(n_features: int, n_rows: int) -> tuple[int, ...]:
+    """``hidden_dims='auto'``: 64 wide for up to four features (four layers from 600 rows,
+    else three), else three layers 128 wide.
 
     Wider dynamics fitted the real tables better at about twice the fit time
     (``benchmarks/results/quality_wide_128.md``, held-out nats per row, 128 against 64 wide):
@@ -44,16 +48,22 @@ def hidden_dims(n_features: int) -> tuple[int, ...]:
     (6) -4.72 against -6.34, treasury (16) -21.31 against -22.86, and gains on 8 of the 11 other
     sets with five features or more (losses: breast_cancer 0.58, diabetes 0.28, puma32h 0.10
     nats); on the 2-D toy densities they gained 0.02-0.06 nats for twice the time, which the
-    default fit there does not pay.
+    default fit there does not pay. A fourth 64-wide layer does pay there (4,800 fit rows,
+    seeds 0-4, ``benchmarks/README.md``): 2spirals -2.663, -2.652, -2.660, -2.652, -2.652
+    against -2.670, -2.674, -2.677, -2.672, -2.676 with three, pinwheel -2.331 against -2.342
+    and 8gaussians -2.818 against -2.822 on average; on iris (120 fit rows) it lost 0.11-0.13
+    nats on three seeds of four, so few rows keep three layers (the threshold is the third
+    block's, where capacity also needed rows).
 
     Examples
     --------
     >>> from skflow.defaults import hidden_dims
-    >>> hidden_dims(2), hidden_dims(10)
-    ((64, 64, 64), (128, 128, 128))
+    >>> hidden_dims(2, 1000), hidden_dims(2, 300), hidden_dims(10, 1000)
+    ((64, 64, 64, 64), (64, 64, 64), (128, 128, 128))
     """
-    width = 64 if n_features <= FEW_FEATURES else 128
-    return (width,) * 3
+    if n_features > FEW_FEATURES:
+        return (128,) * 3
+    return (64,) * (4 if n_rows >= FOURTH_LAYER_ROWS else 3)
 
 
 def learning_rate(training: str, n_features: int) -> float:

@@ -57,10 +57,11 @@ def _recent_gain(history, share=0.01):
     return gain if gain > 1e-3 and gain > share * total else None
 
 
-def _check_hidden_dims(hidden_dims, n_features: int) -> tuple[int, ...]:
-    """The layer widths that ``hidden_dims`` names for ``n_features`` features."""
+def _check_hidden_dims(hidden_dims, n_features: int, n_rows: int) -> tuple[int, ...]:
+    """The layer widths that ``hidden_dims`` names for ``n_features`` features and ``n_rows``
+    fit rows."""
     if isinstance(hidden_dims, str) and hidden_dims == "auto":
-        return defaults.hidden_dims(n_features)
+        return defaults.hidden_dims(n_features, n_rows)
     if isinstance(hidden_dims, (Integral, np.integer)) and not isinstance(hidden_dims, bool):
         # An int is ambiguous: one layer of that width, or that many layers?
         raise ValueError(
@@ -134,9 +135,10 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         Widths of the hidden layers of the dynamics network; time enters every layer as
         ``t`` and sines and cosines of eight frequencies (concatsquash layers,
         :class:`skflow.cnf.layers.TimeFeatures`). A bare int is refused as ambiguous: write
-        ``(64,)`` for one hidden layer of 64. ``'auto'``: ``(64, 64, 64)`` for up to four
-        features, else ``(128, 128, 128)`` (:func:`skflow.defaults.hidden_dims`); the widths
-        used are in ``hidden_dims_``.
+        ``(64,)`` for one hidden layer of 64. ``'auto'``: ``(64, 64, 64, 64)`` for up to
+        four features and 600 rows or more, ``(64, 64, 64)`` for fewer rows, else
+        ``(128, 128, 128)`` (:func:`skflow.defaults.hidden_dims`; with ``partial_fit`` the
+        first call's rows decide); the widths used are in ``hidden_dims_``.
     preprocessing : {'auto', 'standardize', 'quantile', 'pca', 'pca_quantile'}, default='auto'
         The invertible map in front of the flow (:class:`skflow.preprocessing.InputMap`), with its
         exact log-Jacobian, always ending in per-feature standardization. ``'standardize'``: mean
@@ -454,9 +456,10 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         returns the validated rows and the training result."""
         first = not hasattr(self, "flow_") or not (partial or self.warm_start)
         X = self._validate_rows(X, reset=first, ensure_min_samples=2)
-        n_blocks = (defaults.n_blocks(self.training, X.shape[1], X.shape[0])
+        n_rows, n_features = X.shape
+        n_blocks = (defaults.n_blocks(self.training, n_features, n_rows)
                     if self.n_blocks == "auto" else self.n_blocks)
-        spec = FlowSpec(X.shape[1], _check_hidden_dims(self.hidden_dims, X.shape[1]),
+        spec = FlowSpec(n_features, _check_hidden_dims(self.hidden_dims, n_features, n_rows),
                         self.activation, n_blocks, self.time_length, self.train_time_length)
         if first:
             input_map = InputMap(self.preprocessing).fit(X, getattr(self, "feature_names_in_",

@@ -253,8 +253,9 @@ def test_auto_hidden_dims_widen_with_the_features_and_an_explicit_tuple_is_kept(
     params = {**FAST, "max_iter": 2}
     del params["hidden_dims"]
     rng = np.random.RandomState(0)
-    for n_features, widths in ((2, (64, 64, 64)), (4, (64, 64, 64)), (5, (128, 128, 128))):
-        est = FFJORDDensity(**params).fit(rng.randn(60, n_features))
+    for n_features, n_rows, widths in ((2, 600, (64,) * 4), (4, 600, (64,) * 4),
+                                       (4, 599, (64,) * 3), (5, 600, (128,) * 3)):
+        est = FFJORDDensity(**params).fit(rng.randn(n_rows, n_features))
         assert est.hidden_dims == "auto" and est.hidden_dims_ == widths
         first = est.flow_.blocks[0].net.layers
         assert [layer.linear.out_features for layer in first] == [*widths, n_features]
