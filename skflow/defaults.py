@@ -51,9 +51,9 @@ def hidden_dims(n_features: int, n_rows: int) -> tuple[int, ...]:
     default fit there does not pay. A fourth 64-wide layer does pay there (4,800 fit rows,
     seeds 0-4, ``benchmarks/README.md``): 2spirals -2.663, -2.652, -2.660, -2.652, -2.652
     against -2.670, -2.674, -2.677, -2.672, -2.676 with three, pinwheel -2.331 against -2.342
-    and 8gaussians -2.818 against -2.822 on average; on iris (120 fit rows) it lost 0.11-0.13
-    nats on three seeds of four, so few rows keep three layers (the threshold is the third
-    block's, where capacity also needed rows).
+    and 8gaussians -2.818 against -2.822 on average; on iris (120 fit rows) it lost on three
+    seeds of five (mean -1.867 against -1.831), so few rows keep three layers (the threshold
+    is the third block's, where capacity also needed rows).
 
     Examples
     --------
