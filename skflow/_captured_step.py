@@ -58,7 +58,7 @@ class CapturedStep:
 
     def __init__(self, objective, optimizer: torch.optim.Optimizer, averaged=None) -> None:
         self.objective, self.optimizer, self.averaged = objective, optimizer, averaged
-        self.inputs: list[torch.Tensor] | None = None  # rows, noise, times
+        self.inputs: list[torch.Tensor] | None = None  # rows, then the objective's draws
         self.loss: torch.Tensor | None = None
         self.nfe = 0  # dynamics evaluations of a step: the same at every step of a fixed grid
         self.graph: torch.cuda.CUDAGraph | None = None

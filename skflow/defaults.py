@@ -16,8 +16,8 @@ from .cnf.solver import SolverConfig
 from .training import TrainingConfig
 
 __all__ = ["AUTO", "FEW_FEATURES", "FOURTH_LAYER_ROWS", "THIRD_BLOCK_FEATURES", "THIRD_BLOCK_ROWS",
-           "batch_size",
-           "hidden_dims", "learning_rate", "n_blocks", "validation_interval", "training_config"]
+           "batch_size", "hidden_dims", "learning_rate", "n_blocks", "validation_interval",
+           "training_config"]
 
 # 'auto' values by training mode: flow-matching steps cost milliseconds, likelihood steps solve
 # the ODE twice. 10,000 flow-matching steps rather than 5,000 (results/quality.md, held-out nats
@@ -31,10 +31,11 @@ AUTO = {
 }
 # Up to this many features, the narrower network and the larger flow-matching step.
 FEW_FEATURES = 4
-# From this many fit rows, the narrower network takes a fourth layer (``hidden_dims``).
-FOURTH_LAYER_ROWS = 600
 # From this many features and fit rows, a third flow-matching block (``n_blocks``).
 THIRD_BLOCK_FEATURES, THIRD_BLOCK_ROWS = 8, 600
+# From this many fit rows, the narrower network takes a fourth layer (``hidden_dims``): the
+# third block's row threshold, as more capacity needs rows there too.
+FOURTH_LAYER_ROWS = THIRD_BLOCK_ROWS
 _CPU = torch.device("cpu")
 
 
