@@ -214,8 +214,11 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         whose stream has no known length, keeps it constant). ``'auto'``: for flow matching
         1e-2 up to four features, else 5e-3; 1e-3 for likelihood training
         (:func:`skflow.defaults.learning_rate`).
-    weight_decay : float, default=1e-5
-        Adam weight decay.
+    weight_decay : float, default=0.0
+        Decoupled weight decay (AdamW, Loshchilov & Hutter 2019): each step shrinks every
+        weight by ``learning_rate * weight_decay`` of itself, whatever its gradient (Adam's
+        L2 term would move the weights that get no gradient yet, behind the zeroed output
+        layer of a new flow, to zero at the full rate).
     batch_size : int or 'auto', default='auto'
         Rows per minibatch (capped at the number of training rows). ``'auto'``: 1024 on a
         CPU, 4096 on a GPU, whose step is bound by kernel launches rather than rows
@@ -359,7 +362,7 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         divergence="hutchinson", noise="rademacher", solver="dopri5", n_steps=8, atol=1e-5,
         rtol=1e-5, eval_atol=1e-6, eval_rtol=1e-6, eval_dtype="float32", max_num_steps=1000,
         adjoint=True, kinetic_energy=0.0, jacobian_frobenius=0.0, learning_rate="auto",
-        weight_decay=1e-5, batch_size="auto", max_iter="auto", max_time=None,
+        weight_decay=0.0, batch_size="auto", max_iter="auto", max_time=None,
         validation_fraction=0.1, n_iter_no_change=10, validation_interval="auto", warm_start=False,
         device="auto", n_threads=None, verbose=0, random_state=None,
     ):

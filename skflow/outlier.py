@@ -134,7 +134,7 @@ best_validation_loss_, device_, world_size_
         divergence="hutchinson", noise="rademacher", solver="dopri5", n_steps=8, atol=1e-5,
         rtol=1e-5, eval_atol=1e-6, eval_rtol=1e-6, eval_dtype="float32", max_num_steps=1000,
         adjoint=True, kinetic_energy=0.0, jacobian_frobenius=0.0, learning_rate="auto",
-        weight_decay=1e-5, batch_size="auto", max_iter="auto", max_time=None,
+        weight_decay=0.0, batch_size="auto", max_iter="auto", max_time=None,
         validation_fraction=0.1, n_iter_no_change=10, validation_interval="auto", warm_start=False,
         device="auto", n_threads=None, verbose=0, random_state=None, contamination="auto",
         calibration="auto",

@@ -194,16 +194,23 @@ def _captures(config, device, world_size):
 
 
 def _make_optimizer(flow, config, state, captured=False):
-    """Adam, continuing the moments of ``state`` with this run's rate and decay. A step
-    captured on a GPU reads its rate from a device tensor and updates without waiting for the
-    host (``capturable``)."""
+    """Adam with decoupled weight decay (AdamW), continuing the moments of ``state`` with this
+    run's rate and decay. A step captured on a GPU reads its rate from a device tensor and
+    updates without waiting for the host (``capturable``)."""
+    # Not Adam's L2 term: Adam divides it by the gradient's own scale, so it moves every
+    # weight whose loss gradient is below weight_decay times the weight towards zero at the
+    # full rate. The zeroed output layer gives the hidden layers no gradient in the first
+    # steps, and at 1e-5 that emptied them: ot_flow_matching learned nothing on 7 of 8 seeds
+    # of 8gaussians. Decoupled decay shrinks each weight by rate * weight_decay of itself.
     parameters = [p for p in flow.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate,
-                                 weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
     if state is not None:
         optimizer.load_state_dict(copy.deepcopy(state))  # Adam updates its moments in place
         for group in optimizer.param_groups:
             group["lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
+            if "decoupled_weight_decay" in group:  # a state saved by Adam says False
+                group["decoupled_weight_decay"] = True
     device = parameters[0].device
     if captured and device.type == "cuda":  # the rate and the step counts on the device
         for group in optimizer.param_groups:

@@ -10,9 +10,10 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from skflow import FFJORDDensity
+from skflow import FFJORDDensity, training
 from skflow.cnf.evaluation import Evaluator
 from skflow.cnf.flow import FlowSpec
+from skflow.datasets import make_toy
 from skflow.exceptions import InconsistentVersionWarning, TrainingFaultWarning
 from skflow.preprocessing import InputMap
 from skflow.training import TrainingConfig, fit_flow
@@ -86,6 +87,48 @@ def test_fit_flow_uses_the_configured_learning_rate_and_weight_decay():
     assert result.history[-1]["learning_rate"] == pytest.approx(0.02)
     assert all(group["weight_decay"] == 0.3 and group["lr"] == pytest.approx(0.02)
                for group in result.optimizer_state["param_groups"])
+
+
+@pytest.mark.parametrize("saved_by_adam", [False, True])
+def test_weight_decay_shrinks_each_weight_by_rate_times_decay_whatever_its_gradient(
+        saved_by_adam):
+    # Decoupled (AdamW): w <- w (1 - lr wd) on top of the gradient's step. Adam's L2 term
+    # instead moves a weight without loss gradient by the full rate (0.01 here, not 1e-3 w).
+    flow = FlowSpec(2, (8,)).build(0)
+    trained = [param for param in flow.parameters() if param.requires_grad]
+    config = TrainingConfig(learning_rate=0.01, weight_decay=0.1)
+    state = None
+    if saved_by_adam:  # a model pickled before: its optimizer state says Adam
+        adam = torch.optim.Adam(trained, lr=0.5, weight_decay=0.0)
+        for param in trained:
+            param.grad = torch.zeros_like(param)
+        adam.step()
+        state = adam.state_dict()
+    optimizer = training._make_optimizer(flow, config, state)
+    before = [param.detach().clone() for param in trained]
+    for param in trained:
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    for old, param in zip(before, trained):
+        torch.testing.assert_close(param.detach(), old * (1 - 0.01 * 0.1), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("training", ["flow_matching", "ot_flow_matching"])
+def test_hidden_layers_keep_their_weights_while_the_zeroed_output_layer_learns(training):
+    # The output layer starts at zero (the identity flow), so for the first steps the hidden
+    # layers get almost no gradient; weight decay must not empty them meanwhile (with Adam's
+    # L2 term of 1e-5, ot_flow_matching kept 0.3-0.7 of their norms after 30 steps here and
+    # never learned on 8gaussians).
+    X = make_toy("8gaussians", 1000, random_state=0)
+    est = FFJORDDensity(training=training, max_iter=30, weight_decay=1e-5, n_threads=1,
+                        random_state=0)
+    _quiet(est.fit, X)
+    hidden = est.flow_.blocks[0].net.layers[:-1]
+    dims = tuple(layer.linear.out_features for layer in hidden)
+    fresh = FlowSpec(2, dims).build(0).blocks[0].net.layers[:-1]
+    ratios = [float(layer.linear.weight.norm() / new.linear.weight.norm())
+              for layer, new in zip(hidden, fresh)]
+    assert len(ratios) == 4 and min(ratios) > 0.85, ratios
 
 
 @pytest.mark.parametrize("training", ["likelihood", "flow_matching", "ot_flow_matching"])
