@@ -10,13 +10,13 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from skflow import FFJORDDensity, training
+from skflow import FFJORDDensity
 from skflow.cnf.evaluation import Evaluator
 from skflow.cnf.flow import FlowSpec
 from skflow.datasets import make_toy
 from skflow.exceptions import InconsistentVersionWarning, TrainingFaultWarning
 from skflow.preprocessing import InputMap
-from skflow.training import TrainingConfig, fit_flow
+from skflow.training import TrainingConfig, _make_optimizer, fit_flow
 
 from .conftest import FAST
 
@@ -104,7 +104,7 @@ def test_weight_decay_shrinks_each_weight_by_rate_times_decay_whatever_its_gradi
             param.grad = torch.zeros_like(param)
         adam.step()
         state = adam.state_dict()
-    optimizer = training._make_optimizer(flow, config, state)
+    optimizer = _make_optimizer(flow, config, state)
     before = [param.detach().clone() for param in trained]
     for param in trained:
         param.grad = torch.zeros_like(param)
