@@ -33,15 +33,15 @@ AUTO = {
 FEW_FEATURES = 4
 # From this many features and fit rows, a third flow-matching block (``n_blocks``).
 THIRD_BLOCK_FEATURES, THIRD_BLOCK_ROWS = 8, 600
-# From this many fit rows, the narrower network takes a fourth layer (``hidden_dims``): the
-# third block's row threshold, as more capacity needs rows there too.
+# From this many fit rows, the network takes a fourth layer (``hidden_dims``): the third
+# block's row threshold, as more capacity needs rows there too.
 FOURTH_LAYER_ROWS = THIRD_BLOCK_ROWS
 _CPU = torch.device("cpu")
 
 
 def hidden_dims(n_features: int, n_rows: int) -> tuple[int, ...]:
-    """``hidden_dims='auto'``: 64 wide for up to four features (four layers from 600 rows,
-    else three), else three layers 128 wide.
+    """``hidden_dims='auto'``: 64 wide for up to four features, else 128 wide; four layers
+    from 600 rows, else three.
 
     Wider dynamics fitted the real tables better at about twice the fit time
     (``benchmarks/results/quality_wide_128.md``, held-out nats per row, 128 against 64 wide):
@@ -49,22 +49,24 @@ def hidden_dims(n_features: int, n_rows: int) -> tuple[int, ...]:
     (6) -4.72 against -6.34, treasury (16) -21.31 against -22.86, and gains on 8 of the 11 other
     sets with five features or more (losses: breast_cancer 0.58, diabetes 0.28, puma32h 0.10
     nats); on the 2-D toy densities they gained 0.02-0.06 nats for twice the time, which the
-    default fit there does not pay. A fourth 64-wide layer does pay there (4,800 fit rows,
-    seeds 0-4, ``benchmarks/README.md``): 2spirals -2.663, -2.652, -2.660, -2.652, -2.652
-    against -2.670, -2.674, -2.677, -2.672, -2.676 with three, pinwheel -2.331 against -2.342
-    and 8gaussians -2.818 against -2.822 on average; on iris (120 fit rows) it lost on three
-    seeds of five (mean -1.867 against -1.831), so few rows keep three layers (the threshold
-    is the third block's, where capacity also needed rows).
+    default fit there does not pay. A fourth layer pays at either width where there are rows
+    for it (``benchmarks/README.md``, "A fourth layer"): 64 wide, 4,800 fit rows, seeds 0-4,
+    2spirals -2.656 against -2.674 on average, pinwheel -2.331 against -2.342, 8gaussians
+    -2.818 against -2.822; 128 wide, the tables with 600 fit rows or more, seed 0 (and 1):
+    concrete -20.77 (-20.23) against -22.19 (-22.56), airfoil 1.45 (1.44) against 0.83 (0.33),
+    compactiv -58.20 against -58.86, treasury -16.23 against -16.73, 0.2-0.3 nats on
+    winequality_red, wizmir and digits_pca15, losses on miniboone (0.26) and synthetic10
+    (0.08, 0.07). Below 600 rows it lost: iris (120 fit rows) on three seeds of five,
+    breast_cancer (455), diabetes (354) and wine (142) by 0.4-19 nats.
 
     Examples
     --------
     >>> from skflow.defaults import hidden_dims
-    >>> hidden_dims(2, 1000), hidden_dims(2, 300), hidden_dims(10, 1000)
-    ((64, 64, 64, 64), (64, 64, 64), (128, 128, 128))
+    >>> hidden_dims(2, 1000), hidden_dims(2, 300), hidden_dims(10, 1000), hidden_dims(10, 300)
+    ((64, 64, 64, 64), (64, 64, 64), (128, 128, 128, 128), (128, 128, 128))
     """
-    if n_features > FEW_FEATURES:
-        return (128,) * 3
-    return (64,) * (4 if n_rows >= FOURTH_LAYER_ROWS else 3)
+    width = 64 if n_features <= FEW_FEATURES else 128
+    return (width,) * (4 if n_rows >= FOURTH_LAYER_ROWS else 3)
 
 
 def learning_rate(training: str, n_features: int) -> float:
