@@ -57,7 +57,7 @@ def hidden_dims(n_features: int, n_rows: int) -> tuple[int, ...]:
     compactiv -58.20 against -58.86, treasury -16.23 against -16.73, 0.2-0.3 nats on
     winequality_red, wizmir and digits_pca15, losses on miniboone (0.26) and synthetic10
     (0.08, 0.07). Below 600 rows it lost: iris (120 fit rows) on three seeds of five,
-    breast_cancer (455), diabetes (354) and wine (142) by 0.4-19 nats.
+    breast_cancer (456), diabetes (354) and wine (143) by 0.4-19 nats.
 
     Examples
     --------
