@@ -15,7 +15,8 @@ import torch
 from .cnf.solver import SolverConfig
 from .training import TrainingConfig
 
-__all__ = ["AUTO", "FEW_FEATURES", "FOURTH_LAYER_ROWS", "THIRD_BLOCK_FEATURES", "THIRD_BLOCK_ROWS",
+__all__ = ["AUTO", "FEW_FEATURES", "FOURTH_LAYER_MAX_FEATURES", "FOURTH_LAYER_ROWS",
+           "THIRD_BLOCK_FEATURES", "THIRD_BLOCK_ROWS",
            "batch_size", "hidden_dims", "learning_rate", "n_blocks", "validation_interval",
            "training_config"]
 
@@ -33,15 +34,16 @@ AUTO = {
 FEW_FEATURES = 4
 # From this many features and fit rows, a third flow-matching block (``n_blocks``).
 THIRD_BLOCK_FEATURES, THIRD_BLOCK_ROWS = 8, 600
-# From this many fit rows, the network takes a fourth layer (``hidden_dims``): the third
-# block's row threshold, as more capacity needs rows there too.
-FOURTH_LAYER_ROWS = THIRD_BLOCK_ROWS
+# From this many fit rows and up to this many features, the network takes a fourth layer
+# (``hidden_dims``): the third block's row threshold, as more capacity needs rows there too;
+# the widest tables (puma32h, 33 features; MINIBOONE, 43) gained nothing or lost with it.
+FOURTH_LAYER_ROWS, FOURTH_LAYER_MAX_FEATURES = THIRD_BLOCK_ROWS, 32
 _CPU = torch.device("cpu")
 
 
 def hidden_dims(n_features: int, n_rows: int) -> tuple[int, ...]:
     """``hidden_dims='auto'``: 64 wide for up to four features, else 128 wide; four layers
-    from 600 rows, else three.
+    from 600 rows and up to 32 features, else three.
 
     Wider dynamics fitted the real tables better at about twice the fit time
     (``benchmarks/results/quality_wide_128.md``, held-out nats per row, 128 against 64 wide):
@@ -55,18 +57,24 @@ def hidden_dims(n_features: int, n_rows: int) -> tuple[int, ...]:
     -2.818 against -2.822; 128 wide, the tables with 600 fit rows or more, seed 0 (and 1):
     concrete -20.77 (-20.23) against -22.19 (-22.56), airfoil 1.45 (1.44) against 0.83 (0.33),
     compactiv -58.20 against -58.86, treasury -16.23 against -16.73, 0.2-0.3 nats on
-    winequality_red, wizmir and digits_pca15, losses on miniboone (0.26) and synthetic10
-    (0.08, 0.07). Below 600 rows it lost: iris (120 fit rows) on three seeds of five,
-    breast_cancer (456), diabetes (354) and wine (143) by 0.4-19 nats.
+    winequality_red, wizmir and digits_pca15, losses on synthetic10 (0.08, 0.07) and
+    electrical_grid (0.04). Below 600 rows it lost: iris (120 fit rows) on three seeds of five,
+    breast_cancer (456), diabetes (354) and wine (143) by 0.4-19 nats. On the widest tables it
+    did not pay: puma32h (33 features) -54.315 against -54.317 for 1.35x the time, miniboone
+    (43) -13.113 against -12.856, and MINIBOONE fitted on its validation split (a table that
+    took no part in the choice) -16.058 against -15.263: they keep three layers.
 
     Examples
     --------
     >>> from skflow.defaults import hidden_dims
     >>> hidden_dims(2, 1000), hidden_dims(2, 300), hidden_dims(10, 1000), hidden_dims(10, 300)
     ((64, 64, 64, 64), (64, 64, 64), (128, 128, 128, 128), (128, 128, 128))
+    >>> hidden_dims(43, 5000)
+    (128, 128, 128)
     """
     width = 64 if n_features <= FEW_FEATURES else 128
-    return (width,) * (4 if n_rows >= FOURTH_LAYER_ROWS else 3)
+    deep = n_rows >= FOURTH_LAYER_ROWS and n_features <= FOURTH_LAYER_MAX_FEATURES
+    return (width,) * (4 if deep else 3)
 
 
 def learning_rate(training: str, n_features: int) -> float:

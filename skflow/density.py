@@ -136,9 +136,9 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         ``t`` and sines and cosines of eight frequencies (concatsquash layers,
         :class:`skflow.cnf.layers.TimeFeatures`). A bare int is refused as ambiguous: write
         ``(64,)`` for one hidden layer of 64. ``'auto'``: 64 wide for up to four features,
-        else 128 wide, four layers from 600 rows, else three (``(64, 64, 64, 64)``,
-        ``(128, 128, 128)``; :func:`skflow.defaults.hidden_dims`; with ``partial_fit`` the
-        first call's rows decide); the widths used are in ``hidden_dims_``.
+        else 128 wide, four layers from 600 rows and up to 32 features, else three
+        (``(64, 64, 64, 64)``, ``(128, 128, 128)``; :func:`skflow.defaults.hidden_dims`; with
+        ``partial_fit`` the first call's rows decide); the widths used are in ``hidden_dims_``.
     preprocessing : {'auto', 'standardize', 'quantile', 'pca', 'pca_quantile'}, default='auto'
         The invertible map in front of the flow (:class:`skflow.preprocessing.InputMap`), with its
         exact log-Jacobian, always ending in per-feature standardization. ``'standardize'``: mean
