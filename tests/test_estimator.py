@@ -255,7 +255,8 @@ def test_auto_hidden_dims_widen_with_the_features_and_an_explicit_tuple_is_kept(
     rng = np.random.RandomState(0)
     for n_features, n_rows, widths in ((2, 600, (64,) * 4), (4, 600, (64,) * 4),
                                        (4, 599, (64,) * 3), (5, 600, (128,) * 4),
-                                       (5, 599, (128,) * 3), (33, 600, (128,) * 3)):
+                                       (5, 599, (128,) * 3), (32, 600, (128,) * 4),
+                                       (33, 600, (128,) * 3)):
         est = FFJORDDensity(**params).fit(rng.randn(n_rows, n_features))
         assert est.hidden_dims == "auto" and est.hidden_dims_ == widths
         first = est.flow_.blocks[0].net.layers
