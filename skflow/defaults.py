@@ -8,6 +8,7 @@ suite, ``defaults.md``, ``toy.md``); the comments name the measurement behind it
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -15,8 +16,8 @@ import torch
 from .cnf.solver import SolverConfig
 from .training import TrainingConfig
 
-__all__ = ["AUTO", "FEW_FEATURES", "FOURTH_LAYER_MAX_FEATURES", "FOURTH_LAYER_ROWS",
-           "THIRD_BLOCK_FEATURES", "THIRD_BLOCK_ROWS",
+__all__ = ["AUTO", "BLOCK_STEPS", "FEW_FEATURES", "FOURTH_LAYER_MAX_FEATURES",
+           "FOURTH_LAYER_ROWS", "STEP_SHARE", "THIRD_BLOCK_FEATURES", "THIRD_BLOCK_ROWS",
            "batch_size", "hidden_dims", "learning_rate", "n_blocks", "validation_interval",
            "training_config"]
 
@@ -34,6 +35,13 @@ AUTO = {
 FEW_FEATURES = 4
 # From this many features and fit rows, a third flow-matching block (``n_blocks``).
 THIRD_BLOCK_FEATURES, THIRD_BLOCK_ROWS = 8, 600
+# The training steps from which a second and a third block pay (``n_blocks``): a row trains
+# only its block, so each block learns from a share of the steps' rows.
+BLOCK_STEPS = {2: 5000, 3: 7500}
+# The share of a time budget that goes to training steps rather than validation solves, for
+# the steps a budget affords (60 s default fits of four tables: 0.32-0.69, fewer with more
+# blocks, whose validations solve every block).
+STEP_SHARE = 0.5
 # From this many fit rows and up to this many features, the network takes a fourth layer
 # (``hidden_dims``): the third block's row threshold, as more capacity needs rows there too;
 # the widest tables (puma32h, 33 features; MINIBOONE, 43) gained nothing or lost with it.
@@ -98,9 +106,14 @@ def learning_rate(training: str, n_features: int) -> float:
     return 1e-2 if n_features <= FEW_FEATURES else 5e-3
 
 
-def n_blocks(training: str, n_features: int, n_rows: int) -> int:
+def n_blocks(training: str, n_features: int, n_rows: int,
+             steps: float | Callable[[int], float] = math.inf) -> int:
     """``n_blocks='auto'``: under flow matching one block up to four features, three from
-    eight features and 600 rows, else two; one block for the other training modes.
+    eight features and 600 rows, else two; one block for the other training modes. Fewer
+    where the fit takes fewer ``steps`` than :data:`BLOCK_STEPS` asks for the blocks.
+
+    ``steps`` is the step limit (``max_iter``), or a function of a number of blocks that says
+    how many steps a time budget (``max_time``) affords that many (their steps cost more).
 
     Under flow matching the blocks share the path from data to noise, each its own network for
     its own part of the time, and a row trains only the block of its drawn time: each block
@@ -122,9 +135,19 @@ def n_blocks(training: str, n_features: int, n_rows: int) -> int:
       features: -0.44 and 0.31 against 0.53; the first seven columns of winequality_red and
       concrete, 0.01-0.9 nats).
 
+    Those gains were measured at the default 10,000 steps. Each block learns from a share of
+    the steps' rows, and its steps cost more (a validation solves every block), so fewer steps
+    pay for fewer blocks (``benchmarks/README.md``, "Blocks that a budget pays for"; seed 0,
+    held-out nats per row for 1, 2 and 3 blocks): at 2,500 steps miniboone -15.53, -15.01,
+    -16.83 and compactiv -66.72, -66.22, -69.60, but airfoil (two blocks by the rule) -2.34
+    and -2.99; at 5,000 steps miniboone -14.28, -13.67, -13.75, compactiv -63.10, -61.60,
+    -61.99, airfoil 0.001 and -0.025; at 7,500 steps miniboone -13.22 and -13.15 (two, three),
+    compactiv -59.98 and -59.41. Under ``max_time=60`` (1,500-3,400 steps) one block won on
+    all four tables tried: miniboone -15.35, -15.83, -22.18; compactiv -65.89, -67.92, -74.62.
+
     Likelihood training solves every block at every step (a block's full cost), and
     optimal-transport flow matching was not measured: both keep one. With ``partial_fit`` the
-    first call's rows decide.
+    first call's rows decide (a stream's length is unknown).
 
     Examples
     --------
@@ -133,10 +156,18 @@ def n_blocks(training: str, n_features: int, n_rows: int) -> int:
     [1, 2, 3]
     >>> n_blocks("flow_matching", 10, 300), n_blocks("likelihood", 10, 1000)
     (2, 1)
+    >>> [n_blocks("flow_matching", 10, 1000, steps) for steps in (2000, 5000, 7500)]
+    [1, 2, 3]
+    >>> n_blocks("flow_matching", 10, 1000, lambda blocks: 12000 / blocks)  # a time budget
+    2
     """
     if training != "flow_matching" or n_features <= FEW_FEATURES:
         return 1
-    return 3 if n_features >= THIRD_BLOCK_FEATURES and n_rows >= THIRD_BLOCK_ROWS else 2
+    blocks = 3 if n_features >= THIRD_BLOCK_FEATURES and n_rows >= THIRD_BLOCK_ROWS else 2
+    afforded = steps if callable(steps) else (lambda blocks: steps)
+    while blocks > 1 and afforded(blocks) < BLOCK_STEPS[blocks]:
+        blocks -= 1
+    return blocks
 
 
 def batch_size(device: torch.device) -> int:

@@ -7,6 +7,7 @@ The estimator holds its parameters, validates them and delegates: the input map
 
 from __future__ import annotations
 
+import time
 import warnings
 from numbers import Integral, Real
 
@@ -163,7 +164,10 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         the blocks share the path from data to noise, each its own stretch of time, and a row
         trains one block per step. ``'auto'``: under ``training='flow_matching'`` 1 up to four
         features, 3 from eight features and 600 rows, else 2; 1 for the other training modes
-        (:func:`skflow.defaults.n_blocks`). The number used is in ``n_blocks_``.
+        (:func:`skflow.defaults.n_blocks`); fewer where the fit has fewer steps than the
+        blocks need (a second block 5,000, a third 7,500: ``max_iter``, or under ``max_time``
+        the steps the budget affords, timed on a few steps of each candidate). The number used
+        is in ``n_blocks_``.
     time_length : float, default=1.0
         Integration time ``T`` of each block.
     train_time_length : bool, default=False
@@ -232,7 +236,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         A wall-clock budget for ``fit``, in seconds: training ends when it runs out (after a
         last validation) and keeps the best validated weights; the learning rate's decay
         follows whichever of ``max_iter`` and ``max_time`` runs out first, so that a budget
-        trades time for quality without knowing how many steps fit in it.
+        trades time for quality without knowing how many steps fit in it. With
+        ``n_blocks='auto'`` the budget also decides the blocks (see ``n_blocks``).
     validation_fraction : float, default=0.1
         Fraction of rows held out for early stopping. With 0, the training rows are used.
     n_iter_no_change : int or None, default=10
@@ -460,20 +465,19 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         first = not hasattr(self, "flow_") or not (partial or self.warm_start)
         X = self._validate_rows(X, reset=first, ensure_min_samples=2)
         n_rows, n_features = X.shape
-        n_blocks = (defaults.n_blocks(self.training, n_features, n_rows)
-                    if self.n_blocks == "auto" else self.n_blocks)
-        spec = FlowSpec(n_features, _check_hidden_dims(self.hidden_dims, n_features, n_rows),
-                        self.activation, n_blocks, self.time_length, self.train_time_length)
+        device = resolve_device(self.device)
+        config = defaults.training_config(self.get_params(), *X.shape, partial, device)
         if first:
             input_map = InputMap(self.preprocessing).fit(X, getattr(self, "feature_names_in_",
                                                                     None))
-            flow, optimizer_state, n_iter, history = spec, None, 0, []
+            Z = input_map.forward(X)[0]
+            flow = self._flow_spec(Z, config, partial, device)
+            optimizer_state, n_iter, history = None, 0, []
         else:
             input_map, flow, optimizer_state = self.input_map_, self.flow_, self._optimizer_state_
             n_iter, history = self.n_iter_, self.history_
-        device = resolve_device(self.device)
-        config = defaults.training_config(self.get_params(), *X.shape, partial, device)
-        result = training.fit_flow(flow, input_map.forward(X)[0], config,
+            Z = input_map.forward(X)[0]
+        result = training.fit_flow(flow, Z, config,
                                    check_random_state(self.random_state), device,
                                    optimizer_state, n_iter,
                                    n_threads=self.n_threads)
@@ -492,6 +496,33 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
                 "fifth of training); increase max_iter for a better fit.",
                 ConvergenceWarning, stacklevel=2)
         return X, result
+
+    def _flow_spec(self, Z, config, partial, device) -> FlowSpec:
+        """The new flow of a first fit on rows ``Z`` (flow space). ``n_blocks='auto'`` under a
+        time budget times a few steps of each candidate, and the budget (``config.max_time``)
+        pays for that time."""
+        n_rows, n_features = Z.shape
+
+        def spec(n_blocks):
+            return FlowSpec(n_features, _check_hidden_dims(self.hidden_dims, n_features, n_rows),
+                            self.activation, n_blocks, self.time_length, self.train_time_length)
+
+        if self.n_blocks != "auto":
+            return spec(self.n_blocks)
+        if partial:  # a stream's length is unknown: its first chunk's rows decide
+            return spec(defaults.n_blocks(self.training, n_features, n_rows))
+        if config.max_time is None:
+            return spec(defaults.n_blocks(self.training, n_features, n_rows, config.max_iter))
+        budget = config.max_time
+
+        def afforded(n_blocks):
+            started = time.perf_counter()
+            seconds = training.seconds_per_step(spec(n_blocks), Z, config, device,
+                                                self.n_threads)
+            config.max_time = max(0.0, config.max_time - (time.perf_counter() - started))
+            return min(config.max_iter, defaults.STEP_SHARE * budget / seconds)
+
+        return spec(defaults.n_blocks(self.training, n_features, n_rows, afforded))
 
     # --------------------------------------------------------------- evaluation
     def _evaluator(self) -> Evaluator:

@@ -35,7 +35,7 @@ from .exceptions import (
     TrainingFaultWarning,
 )
 
-__all__ = ["TrainingConfig", "TrainingResult", "fit_flow", "validation_loss"]
+__all__ = ["TrainingConfig", "TrainingResult", "fit_flow", "seconds_per_step", "validation_loss"]
 
 
 @dataclass
@@ -160,8 +160,7 @@ def fit_flow(flow: ContinuousFlow | FlowSpec, Z: np.ndarray, config: TrainingCon
     # Each rank its shard of the rows: the global minibatch stays batch_size.
     batches = _minibatches(Z_train, max(1, config.batch_size // world.size), generator)
     run = _Run(working, optimizer, config, generator, n_iter_start, capture)
-    width = max(layer.linear.out_features for layer in master.blocks[0].net.layers)
-    with torch_threads(intra_op_threads(n_threads, min(config.batch_size, len(Z)), width)):
+    with torch_threads(_training_threads(n_threads, config, len(Z), master)):
         run.train(batches, Z_val)
     torchrun.broadcast_training_state(working, optimizer)  # every rank ends with rank 0's
     master.load_state_dict(working.state_dict())  # casts back to float64
@@ -181,6 +180,54 @@ def _split(n_rows, validation_fraction, rng):
     if 0 < n_val < n_rows:
         return order[n_val:], order[:n_val]
     return np.arange(n_rows), order[:2048]
+
+
+def seconds_per_step(spec: FlowSpec, Z: np.ndarray, config: TrainingConfig,
+                     device: str | torch.device = "cpu", n_threads: int | None = None,
+                     n_steps: int = 8) -> float:
+    """Wall seconds of one training step of a new flow of ``spec`` on rows ``Z`` (flow space)
+    under ``config``, as :func:`fit_flow` would take it: the median of ``n_steps`` steps after
+    two that warm up. For deciding what a time budget affords; the flow is thrown away. Under
+    torchrun every rank takes the steps and gets rank 0's time.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skflow.cnf.flow import FlowSpec
+    >>> from skflow.training import TrainingConfig, seconds_per_step
+    >>> Z = np.random.RandomState(0).normal(size=(300, 2))
+    >>> config = TrainingConfig(objective="flow_matching", batch_size=128)
+    >>> 0 < seconds_per_step(FlowSpec(2, (8,)), Z, config) < 1
+    True
+    """
+    world, device = torchrun.setup(torch.device(device))
+    flow = spec.build(0).to(device=device, dtype=torch.float32)
+    capture = _captures(config, device, world.size)
+    optimizer = _make_optimizer(flow, config, None, capture)
+    generator = torch.Generator(device=device).manual_seed(0)
+    rows = torch.tensor(torchrun.shard_rows(Z), dtype=torch.float32, device=device)
+    batches = _minibatches(rows, max(1, config.batch_size // world.size), generator)
+    run = _Run(flow, optimizer, config, generator, 0, capture)
+    times = []
+    with torch_threads(_training_threads(n_threads, config, len(Z), flow)):
+        for _ in range(n_steps + 2):
+            _synchronize(device)
+            start = time.perf_counter()
+            run._step(next(batches))
+            _synchronize(device)
+            times.append(time.perf_counter() - start)
+    return float(torchrun.broadcast_object(np.median(times[2:])))
+
+
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _training_threads(n_threads, config, n_rows, flow):
+    """torch's intra-op threads for training ``flow`` (see ``fit_flow``'s ``n_threads``)."""
+    width = max(layer.linear.out_features for layer in flow.blocks[0].net.layers)
+    return intra_op_threads(n_threads, min(config.batch_size, n_rows), width)
 
 
 def _captures(config, device, world_size):

@@ -273,14 +273,64 @@ def test_auto_n_blocks_follows_features_and_rows_under_flow_matching():
     cases = [("flow_matching", 4, 60, 1), ("flow_matching", 5, 60, 2), ("likelihood", 5, 60, 1),
              ("flow_matching", 8, 599, 2), ("flow_matching", 8, 600, 3),
              ("flow_matching", 7, 600, 2), ("likelihood", 8, 600, 1)]
+    # The default's 10,000 steps pay for every block; an unchanging validation loss ends the
+    # fit after its second step.
+    stalled = {"max_iter": "auto", "learning_rate": 1e-12, "validation_interval": 1,
+               "n_iter_no_change": 1}
     for training, n_features, n_rows, blocks in cases:
-        params = {**FAST, "max_iter": 2, "training": training, "solver": "rk4", "n_steps": 2}
+        params = {**FAST, **stalled, "training": training, "solver": "rk4", "n_steps": 2}
         est = FFJORDDensity(**params).fit(rng.randn(n_rows, n_features))
         assert est.n_blocks == "auto" and est.n_blocks_ == len(est.flow_.blocks) == blocks
+        assert est.n_iter_ == 2
     est = FFJORDDensity(**{**FAST, "max_iter": 2, "n_blocks": 3}).fit(rng.randn(60, 2))
     assert est.n_blocks_ == 3 and pickle.loads(pickle.dumps(est)).n_blocks_ == 3
     with pytest.raises(NotFittedError):
         _ = FFJORDDensity().n_blocks_
+
+
+def test_auto_n_blocks_takes_only_the_blocks_that_the_step_limit_pays_for():
+    from skflow.defaults import BLOCK_STEPS
+    X = np.random.RandomState(0).randn(600, 8)  # three blocks by its rows and features
+    stalled = {"learning_rate": 1e-12, "validation_interval": 1, "n_iter_no_change": 1}
+    for max_iter, blocks in [(BLOCK_STEPS[2] - 1, 1), (BLOCK_STEPS[2], 2),
+                             (BLOCK_STEPS[3] - 1, 2), (BLOCK_STEPS[3], 3)]:
+        est = FFJORDDensity(**{**FAST, **stalled, "max_iter": max_iter}).fit(X)
+        assert est.n_blocks_ == blocks
+    # partial_fit's steps are one pass over a chunk, but a stream's length is unknown: the
+    # first chunk's rows and features decide.
+    assert FFJORDDensity(**FAST).partial_fit(X).n_blocks_ == 3
+
+
+def test_auto_n_blocks_under_a_time_budget_times_the_candidates_steps(monkeypatch):
+    from skflow import defaults, training
+    X = np.random.RandomState(0).randn(600, 8)
+    timed, seconds = [], {}  # the candidates timed; seconds per step by blocks
+
+    def seconds_per_step(spec, Z, config, device, n_threads):
+        timed.append(spec.n_blocks)
+        assert Z.shape == X.shape and spec.hidden_dims == (16, 16)
+        return seconds[spec.n_blocks]
+
+    monkeypatch.setattr(training, "seconds_per_step", seconds_per_step)
+    budget = 10.0
+    afford = budget * defaults.STEP_SHARE  # seconds of steps
+    params = {**FAST, "max_iter": "auto", "max_time": budget, "learning_rate": 1e-12,
+              "validation_interval": 1, "n_iter_no_change": 1}
+    for per_step, blocks, candidates in [
+            ({3: afford / 7500, 2: afford / 5000, 1: 1.0}, 3, [3]),
+            ({3: afford / 7400, 2: afford / 5000, 1: 1.0}, 2, [3, 2]),
+            ({3: afford / 7400, 2: afford / 4900, 1: 1.0}, 1, [3, 2])]:
+        timed.clear()
+        seconds.update(per_step)
+        est = FFJORDDensity(**params).fit(X)
+        assert est.n_blocks_ == blocks and timed == candidates
+    # A step limit below the budget's steps still decides.
+    timed.clear()
+    seconds.update({3: 1e-9, 2: 1e-9, 1: 1e-9})
+    assert FFJORDDensity(**{**params, "max_iter": 4999}).fit(X).n_blocks_ == 1
+    # No candidates to time where the rule gives one block.
+    timed.clear()
+    assert FFJORDDensity(**params).fit(X[:, :2]).n_blocks_ == 1 and timed == []
 
 
 def test_rows_far_outside_the_training_data_are_scored_with_a_warning(fitted_2d):
