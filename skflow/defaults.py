@@ -16,7 +16,7 @@ import torch
 from .cnf.solver import SolverConfig
 from .training import TrainingConfig
 
-__all__ = ["AUTO", "BLOCK_STEPS", "FEW_FEATURES", "FOURTH_LAYER_MAX_FEATURES",
+__all__ = ["AUTO", "BLOCK_EPOCHS", "BLOCK_STEPS", "FEW_FEATURES", "FOURTH_LAYER_MAX_FEATURES",
            "FOURTH_LAYER_ROWS", "STEP_SHARE", "THIRD_BLOCK_FEATURES", "THIRD_BLOCK_ROWS",
            "batch_size", "hidden_dims", "learning_rate", "n_blocks", "validation_interval",
            "training_config"]
@@ -36,8 +36,10 @@ FEW_FEATURES = 4
 # From this many features and fit rows, a third flow-matching block (``n_blocks``).
 THIRD_BLOCK_FEATURES, THIRD_BLOCK_ROWS = 8, 600
 # The training steps from which a second and a third block pay (``n_blocks``): a row trains
-# only its block, so each block learns from a share of the steps' rows.
-BLOCK_STEPS = {2: 5000, 3: 7500}
+# only its block, so each block learns from a share of the steps' rows. A small table needs
+# fewer: its fits stop early, after about this many passes over its rows or more (the suite's
+# tables below 2,000 rows: 870-5,800), so a limit above that does not cut them short.
+BLOCK_STEPS, BLOCK_EPOCHS = {2: 5000, 3: 7500}, 1500
 # The share of a time budget that goes to training steps rather than validation solves, for
 # the steps a budget affords (60 s default fits of four tables: 0.32-0.69, fewer with more
 # blocks, whose validations solve every block).
@@ -107,10 +109,11 @@ def learning_rate(training: str, n_features: int) -> float:
 
 
 def n_blocks(training: str, n_features: int, n_rows: int,
-             steps: float | Callable[[int], float] = math.inf) -> int:
+             steps: float | Callable[[int], float] = math.inf, batch_size: int = 1024) -> int:
     """``n_blocks='auto'``: under flow matching one block up to four features, three from
     eight features and 600 rows, else two; one block for the other training modes. Fewer
-    where the fit takes fewer ``steps`` than :data:`BLOCK_STEPS` asks for the blocks.
+    where the fit may take fewer ``steps`` than the blocks need: :data:`BLOCK_STEPS`, or
+    :data:`BLOCK_EPOCHS` passes over the rows in minibatches of ``batch_size`` if fewer.
 
     ``steps`` is the step limit (``max_iter``), or a function of a number of blocks that says
     how many steps a time budget (``max_time``) affords that many (their steps cost more).
@@ -156,16 +159,19 @@ def n_blocks(training: str, n_features: int, n_rows: int,
     [1, 2, 3]
     >>> n_blocks("flow_matching", 10, 300), n_blocks("likelihood", 10, 1000)
     (2, 1)
-    >>> [n_blocks("flow_matching", 10, 1000, steps) for steps in (2000, 5000, 7500)]
+    >>> [n_blocks("flow_matching", 10, 10000, steps) for steps in (2000, 5000, 7500)]
     [1, 2, 3]
-    >>> n_blocks("flow_matching", 10, 1000, lambda blocks: 12000 / blocks)  # a time budget
+    >>> n_blocks("flow_matching", 10, 10000, lambda blocks: 12000 / blocks)  # a time budget
     2
+    >>> n_blocks("flow_matching", 10, 1000, 2000)  # 1,500 passes over 1,000 rows: 1,465 steps
+    3
     """
     if training != "flow_matching" or n_features <= FEW_FEATURES:
         return 1
     blocks = 3 if n_features >= THIRD_BLOCK_FEATURES and n_rows >= THIRD_BLOCK_ROWS else 2
     afforded = steps if callable(steps) else (lambda blocks: steps)
-    while blocks > 1 and afforded(blocks) < BLOCK_STEPS[blocks]:
+    epochs = BLOCK_EPOCHS * n_rows / batch_size
+    while blocks > 1 and afforded(blocks) < min(BLOCK_STEPS[blocks], epochs):
         blocks -= 1
     return blocks
 

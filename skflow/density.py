@@ -165,9 +165,9 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         trains one block per step. ``'auto'``: under ``training='flow_matching'`` 1 up to four
         features, 3 from eight features and 600 rows, else 2; 1 for the other training modes
         (:func:`skflow.defaults.n_blocks`); fewer where the fit has fewer steps than the
-        blocks need (a second block 5,000, a third 7,500: ``max_iter``, or under ``max_time``
-        the steps the budget affords, timed on a few steps of each candidate). The number used
-        is in ``n_blocks_``.
+        blocks need (a second block 5,000, a third 7,500, or 1,500 passes over the rows where
+        that is fewer: ``max_iter``, or under ``max_time`` the steps the budget affords, timed
+        on a few steps of each candidate). The number used is in ``n_blocks_``.
     time_length : float, default=1.0
         Integration time ``T`` of each block.
     train_time_length : bool, default=False
@@ -512,7 +512,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
         if partial:  # a stream's length is unknown: its first chunk's rows decide
             return spec(defaults.n_blocks(self.training, n_features, n_rows))
         if config.max_time is None:
-            return spec(defaults.n_blocks(self.training, n_features, n_rows, config.max_iter))
+            return spec(defaults.n_blocks(self.training, n_features, n_rows, config.max_iter,
+                                          config.batch_size))
         budget = config.max_time
 
         def afforded(n_blocks):
@@ -522,7 +523,8 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
             config.max_time = max(0.0, config.max_time - (time.perf_counter() - started))
             return min(config.max_iter, defaults.STEP_SHARE * budget / seconds)
 
-        return spec(defaults.n_blocks(self.training, n_features, n_rows, afforded))
+        return spec(defaults.n_blocks(self.training, n_features, n_rows, afforded,
+                                      config.batch_size))
 
     # --------------------------------------------------------------- evaluation
     def _evaluator(self) -> Evaluator:

@@ -289,13 +289,19 @@ def test_auto_n_blocks_follows_features_and_rows_under_flow_matching():
 
 
 def test_auto_n_blocks_takes_only_the_blocks_that_the_step_limit_pays_for():
-    from skflow.defaults import BLOCK_STEPS
+    from skflow.defaults import BLOCK_EPOCHS, BLOCK_STEPS
     X = np.random.RandomState(0).randn(600, 8)  # three blocks by its rows and features
     stalled = {"learning_rate": 1e-12, "validation_interval": 1, "n_iter_no_change": 1}
+    # 64 rows per step: 1,500 passes over 600 rows are 14,062 steps, more than the blocks need
     for max_iter, blocks in [(BLOCK_STEPS[2] - 1, 1), (BLOCK_STEPS[2], 2),
                              (BLOCK_STEPS[3] - 1, 2), (BLOCK_STEPS[3], 3)]:
-        est = FFJORDDensity(**{**FAST, **stalled, "max_iter": max_iter}).fit(X)
+        est = FFJORDDensity(**{**FAST, **stalled, "max_iter": max_iter, "batch_size": 64}).fit(X)
         assert est.n_blocks_ == blocks
+    # 1,024 rows per step: 1,500 passes are 879 steps, where a small table's fits stop early
+    assert BLOCK_EPOCHS * 600 / 1024 == pytest.approx(878.9, abs=0.1)
+    for max_iter, blocks in [(878, 1), (879, 3)]:
+        est = FFJORDDensity(**{**FAST, **stalled, "max_iter": max_iter, "batch_size": 1024})
+        assert est.fit(X).n_blocks_ == blocks
     # partial_fit's steps are one pass over a chunk, but a stream's length is unknown: the
     # first chunk's rows and features decide.
     assert FFJORDDensity(**FAST).partial_fit(X).n_blocks_ == 3
@@ -315,7 +321,7 @@ def test_auto_n_blocks_under_a_time_budget_times_the_candidates_steps(monkeypatc
     budget = 10.0
     afford = budget * defaults.STEP_SHARE  # seconds of steps
     params = {**FAST, "max_iter": "auto", "max_time": budget, "learning_rate": 1e-12,
-              "validation_interval": 1, "n_iter_no_change": 1}
+              "validation_interval": 1, "n_iter_no_change": 1, "batch_size": 64}
     for per_step, blocks, candidates in [
             ({3: afford / 7500, 2: afford / 5000, 1: 1.0}, 3, [3]),
             ({3: afford / 7400, 2: afford / 5000, 1: 1.0}, 2, [3, 2]),
