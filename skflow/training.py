@@ -205,7 +205,8 @@ def seconds_per_step(spec: FlowSpec, Z: np.ndarray, config: TrainingConfig,
     capture = _captures(config, device, world.size)
     optimizer = _make_optimizer(flow, config, None, capture)
     generator = torch.Generator(device=device).manual_seed(0)
-    rows = torch.tensor(torchrun.shard_rows(Z), dtype=torch.float32, device=device)
+    some = Z[:8 * config.batch_size]  # enough for the steps, not a copy of a large table
+    rows = torch.tensor(torchrun.shard_rows(some), dtype=torch.float32, device=device)
     batches = _minibatches(rows, max(1, config.batch_size // world.size), generator)
     run = _Run(flow, optimizer, config, generator, 0, capture)
     times = []
