@@ -5,7 +5,8 @@ parameters decide. One run draws its seed and validation split, trains a float32
 flow on the device with Adam (minibatches, validation, early stopping, fault recovery) and
 returns the float64 flow with the best validated weights. Under ``torchrun`` the ranks train
 data-parallel (:mod:`skflow.distributed.torchrun`); in a single process the same code runs
-with collectives that do nothing.
+with collectives that do nothing. :func:`seconds_per_step` times a few of a new flow's steps,
+for what a time budget affords.
 """
 
 from __future__ import annotations
