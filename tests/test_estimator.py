@@ -323,8 +323,8 @@ def test_auto_n_blocks_under_a_time_budget_times_the_candidates_steps(monkeypatc
     params = {**FAST, "max_iter": "auto", "max_time": budget, "learning_rate": 1e-12,
               "validation_interval": 1, "n_iter_no_change": 1, "batch_size": 64}
     for per_step, blocks, candidates in [
-            ({3: afford / 7500, 2: afford / 5000, 1: 1.0}, 3, [3]),
-            ({3: afford / 7400, 2: afford / 5000, 1: 1.0}, 2, [3, 2]),
+            ({3: afford / 7600, 2: afford / 5100, 1: 1.0}, 3, [3]),
+            ({3: afford / 7400, 2: afford / 5100, 1: 1.0}, 2, [3, 2]),
             ({3: afford / 7400, 2: afford / 4900, 1: 1.0}, 1, [3, 2])]:
         timed.clear()
         seconds.update(per_step)
@@ -337,6 +337,24 @@ def test_auto_n_blocks_under_a_time_budget_times_the_candidates_steps(monkeypatc
     # No candidates to time where the rule gives one block.
     timed.clear()
     assert FFJORDDensity(**params).fit(X[:, :2]).n_blocks_ == 1 and timed == []
+
+
+def test_the_time_budget_pays_for_timing_the_blocks(monkeypatch):
+    import time
+
+    from skflow import training
+
+    def slow_seconds_per_step(spec, Z, config, device, n_threads):
+        time.sleep(0.4)
+        return 1.0  # far too slow for a second block
+
+    monkeypatch.setattr(training, "seconds_per_step", slow_seconds_per_step)
+    X = np.random.RandomState(0).randn(600, 8)
+    est = FFJORDDensity(**{**FAST, "max_iter": "auto", "max_time": 1.0,
+                           "validation_interval": 10**6}).fit(X)
+    # Two candidates timed (0.8 s) leave training about 0.2 s of the budget.
+    assert est.n_blocks_ == 1 and est.n_iter_ > 0
+    assert 0.2 <= est.history_[-1]["time"] < 0.9
 
 
 def test_rows_far_outside_the_training_data_are_scored_with_a_warning(fitted_2d):
