@@ -146,7 +146,8 @@ def n_blocks(training: str, n_features: int, n_rows: int,
     and -2.99; at 5,000 steps miniboone -14.28, -13.67, -13.75, compactiv -63.10, -61.60,
     -61.99, airfoil 0.001 and -0.025; at 7,500 steps miniboone -13.22 and -13.15 (two, three),
     compactiv -59.98 and -59.41. Under ``max_time=60`` (1,500-3,400 steps) one block won on
-    all four tables tried: miniboone -15.35, -15.83, -22.18; compactiv -65.89, -67.92, -74.62.
+    three of the four tables tried (miniboone -15.35, -15.83, -22.18; compactiv -65.89, -67.92,
+    -74.62; airfoil -1.16, -2.65) and two on winequality_white (-0.22, -0.03, -0.16).
 
     Likelihood training solves every block at every step (a block's full cost), and
     optimal-transport flow matching was not measured: both keep one. With ``partial_fit`` the

@@ -152,21 +152,16 @@ def fit_flow(flow: ContinuousFlow | FlowSpec, Z: np.ndarray, config: TrainingCon
     master = flow.build(seed) if isinstance(flow, FlowSpec) else copy.deepcopy(flow)
     # The flow is kept in float64 on the CPU; training runs on a float32 copy on the device.
     working = copy.deepcopy(master).to(device=device, dtype=torch.float32)
-    capture = _captures(config, device, world.size)
-    optimizer = _make_optimizer(working, config, optimizer_state, capture)
     train_rows, val_rows = _split(Z.shape[0], config.validation_fraction, rng)
-    Z_train, Z_val = (torch.tensor(torchrun.shard_rows(Z[rows]), dtype=torch.float32,
-                                   device=device) for rows in (train_rows, val_rows))
-    generator = torch.Generator(device=device).manual_seed(seed + world.rank)
-    # Each rank its shard of the rows: the global minibatch stays batch_size.
-    batches = _minibatches(Z_train, max(1, config.batch_size // world.size), generator)
-    run = _Run(working, optimizer, config, generator, n_iter_start, capture)
+    Z_train, Z_val = (_rank_rows(Z[rows], device) for rows in (train_rows, val_rows))
+    run, batches = _start_run(working, Z_train, config, world, seed, optimizer_state,
+                              n_iter_start)
     with torch_threads(_training_threads(n_threads, config, len(Z), master)):
         run.train(batches, Z_val)
-    torchrun.broadcast_training_state(working, optimizer)  # every rank ends with rank 0's
+    torchrun.broadcast_training_state(working, run.optimizer)  # every rank ends with rank 0's
     master.load_state_dict(working.state_dict())  # casts back to float64
     return TrainingResult(
-        flow=master, optimizer_state=_portable(optimizer.state_dict()), n_iter=run.iteration,
+        flow=master, optimizer_state=_portable(run.optimizer.state_dict()), n_iter=run.iteration,
         history=run.history, best_validation_loss=run.best_loss,
         stopped_early=run.stopped_early, interrupted=run.interrupted,
         out_of_time=run.out_of_time, device=str(device),
@@ -203,13 +198,9 @@ def seconds_per_step(spec: FlowSpec, Z: np.ndarray, config: TrainingConfig,
     """
     world, device = torchrun.setup(torch.device(device))
     flow = spec.build(0).to(device=device, dtype=torch.float32)
-    capture = _captures(config, device, world.size)
-    optimizer = _make_optimizer(flow, config, None, capture)
-    generator = torch.Generator(device=device).manual_seed(0)
-    some = Z[:8 * config.batch_size]  # enough for the steps, not a copy of a large table
-    rows = torch.tensor(torchrun.shard_rows(some), dtype=torch.float32, device=device)
-    batches = _minibatches(rows, max(1, config.batch_size // world.size), generator)
-    run = _Run(flow, optimizer, config, generator, 0, capture)
+    # Enough rows for the steps, not a copy of a large table.
+    run, batches = _start_run(flow, _rank_rows(Z[:8 * config.batch_size], device), config,
+                              world, seed=0)
     times = []
     with torch_threads(_training_threads(n_threads, config, len(Z), flow)):
         for _ in range(n_steps + 2):
@@ -219,6 +210,22 @@ def seconds_per_step(spec: FlowSpec, Z: np.ndarray, config: TrainingConfig,
             _synchronize(device)
             times.append(time.perf_counter() - start)
     return float(torchrun.broadcast_object(np.median(times[2:])))
+
+
+def _rank_rows(Z, device):
+    """This rank's shard of the rows ``Z``, float32 on ``device``."""
+    return torch.tensor(torchrun.shard_rows(Z), dtype=torch.float32, device=device)
+
+
+def _start_run(flow, Z_train, config, world, seed, optimizer_state=None, n_iter_start=0):
+    """A run that trains ``flow`` (float32, on its device) on this rank's rows ``Z_train``,
+    and its minibatches: each rank a share of ``batch_size`` rows, from its own generator."""
+    device = Z_train.device
+    capture = _captures(config, device, world.size)
+    optimizer = _make_optimizer(flow, config, optimizer_state, capture)
+    generator = torch.Generator(device=device).manual_seed(seed + world.rank)
+    batches = _minibatches(Z_train, max(1, config.batch_size // world.size), generator)
+    return _Run(flow, optimizer, config, generator, n_iter_start, capture), batches
 
 
 def _synchronize(device):
