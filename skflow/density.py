@@ -194,7 +194,10 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
     n_steps : int, default=8
         Steps per block for the fixed-grid solvers.
     atol, rtol : float, default=1e-5
-        Tolerances of the adaptive training solver, also used for validation.
+        Tolerances of the adaptive training solver (``training='likelihood'``). Validation,
+        which only ranks a fit's checkpoints, solves at these or at 1e-3, whichever is looser
+        (:data:`skflow.defaults.VALIDATION_TOLERANCE`): about half the validation's cost, with
+        errors of a few thousandths of a nat per row (under a hundredth).
     eval_atol, eval_rtol : float, default=1e-6
         Tolerances of the evaluation solver (per-row Dormand-Prince).
     eval_dtype : {'float32', 'float64'}, default='float32'

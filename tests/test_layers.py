@@ -385,6 +385,25 @@ def test_auto_batch_size_by_device_and_a_given_one_is_kept():
     assert training_config(params, 10_000, 3, partial=True, device=cpu).max_iter == 10
 
 
+def test_validation_solves_at_the_looser_of_its_own_and_the_training_tolerance(fitted_2d):
+    # Validation only ranks a fit's checkpoints: 1e-3 costs fewer solver steps and moves the
+    # loss by less than a hundredth of a nat; a looser tolerance the user gives still holds.
+    from skflow.defaults import VALIDATION_TOLERANCE, training_config
+    from skflow.training import validation_loss
+    params = FFJORDDensity().get_params()
+    config = training_config(params, 1000, 3)
+    assert config.validation_atol == config.validation_rtol == VALIDATION_TOLERANCE == 1e-3
+    assert config.solver.atol == config.solver.rtol == 1e-5  # the training solver's own
+    looser = training_config({**params, "atol": 1e-2, "rtol": 2e-2}, 1000, 3)
+    assert (looser.validation_atol, looser.validation_rtol) == (1e-2, 2e-2)
+    est, X = fitted_2d
+    Z, flow = torch.as_tensor(est.input_map_.forward(X[:300])[0]), est.flow_
+    tight = TrainingConfig(validation_atol=1e-9, validation_rtol=1e-9)
+    assert abs(validation_loss(flow, Z, config) - validation_loss(flow, Z, tight)) < 1e-2
+    steps = [Evaluator(flow, tol, tol, dtype=torch.float64).nfe(Z).sum() for tol in (1e-3, 1e-5)]
+    assert steps[0] < 0.8 * steps[1]
+
+
 def test_a_time_budget_lifts_the_auto_step_limit_but_not_a_given_one():
     # With max_time, 'auto' leaves the budget (and early stopping) to end training, so that a
     # longer budget buys a better fit; a max_iter the user gave still holds.
