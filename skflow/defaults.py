@@ -49,11 +49,11 @@ STEP_SHARE = 0.5
 # the widest tables (puma32h, 33 features; MINIBOONE, 43) gained nothing or lost with it.
 FOURTH_LAYER_ROWS, FOURTH_LAYER_MAX_FEATURES = THIRD_BLOCK_ROWS, 32
 # Validation only ranks the checkpoints of one fit, so its solves run at this tolerance (or the
-# training solver's, if looser): at 1e-5 a validation's exact traces took most of a wide
-# table's fit. Default fits, seed 0, against 1e-5 in the same run: miniboone, compactiv,
-# electrical_grid and winequality_white scored the same to the last digit in 0.68-0.80 of the
-# time; the 2-D densities moved by 0.003 nats or less either way (benchmarks/README.md,
-# "Validation at a looser tolerance").
+# training solver's, if looser): at 1e-5 the validations' exact traces took 31-62% of a wide
+# table's fit (one block; each block adds its solve). Default fits, seed 0, against 1e-5 in
+# the same run: miniboone, compactiv, electrical_grid and winequality_white scored the same to
+# the last digit in 0.68-0.80 of the time; the 2-D densities moved by 0.003 nats or less
+# either way (benchmarks/README.md, "Validation at a looser tolerance").
 VALIDATION_TOLERANCE = 1e-3
 _CPU = torch.device("cpu")
 
