@@ -493,15 +493,16 @@ class FFJORDDensity(VersionedPickleMixin, ClassNamePrefixFeaturesOutMixin,
             input_map, flow, optimizer_state = self.input_map_, self.flow_, self._optimizer_state_
             n_iter, history = self.n_iter_, self.history_
             Z = input_map.forward(X)[0]
-        rates = (defaults.learning_rates(self.training, n_features)
-                 if self.learning_rate == "auto" and first and not partial
-                 else (config.learning_rate,))
-        started = time.perf_counter()
-        for rate in rates:
-            if rate != rates[0]:  # the fit before stopped early: it overfitted at that rate
-                config = dataclasses.replace(config, learning_rate=rate)
-                if config.max_time is not None:
-                    config.max_time -= time.perf_counter() - started
+        if self.learning_rate != "auto":
+            rates = (config.learning_rate,)
+        elif first:
+            rates = defaults.learning_rates(self.training, n_features)[:1 if partial else None]
+        else:  # continuing (warm start, partial_fit) at the rate that 'auto' chose
+            rates = (self.learning_rate_,)
+        budget, started = config.max_time, time.perf_counter()
+        for rate in rates:  # a later rate follows a fit that stopped early (overfitted)
+            left = None if budget is None else budget - (time.perf_counter() - started)
+            config = dataclasses.replace(config, learning_rate=rate, max_time=left)
             result = training.fit_flow(flow, Z, config,
                                        check_random_state(self.random_state), device,
                                        optimizer_state, n_iter,

@@ -357,6 +357,53 @@ def test_the_time_budget_pays_for_timing_the_blocks(monkeypatch):
     assert 0.2 <= est.history_[-1]["time"] < 0.9
 
 
+def test_auto_learning_rate_fits_again_at_its_next_rate_when_the_first_fit_stops_early(
+        monkeypatch):
+    from skflow import defaults
+    X = np.random.RandomState(0).randn(300, 5)
+    first, second = defaults.learning_rates("flow_matching", 5)
+    assert first > second
+    # The first validation without improvement ends a fit, well within half its steps.
+    stopping = {**FAST, "max_iter": 400, "validation_interval": 10, "n_iter_no_change": 1}
+    at_first = FFJORDDensity(**{**stopping, "learning_rate": first}).fit(X)
+    assert at_first.n_iter_ < 200 and at_first.learning_rate_ == first
+    at_second = FFJORDDensity(**{**stopping, "learning_rate": second}).fit(X)
+    auto = FFJORDDensity(**stopping).fit(X)
+    # The second fit is kept whole: the same seed, split and steps as one given that rate.
+    assert auto.learning_rate_ == second and auto.n_iter_ == at_second.n_iter_
+    np.testing.assert_array_equal(auto.score_samples(X[:20]), at_second.score_samples(X[:20]))
+    # A fit that stops later than the share, or runs to its limit, keeps the first rate.
+    monkeypatch.setattr(defaults, "STOPPED_EARLY_SHARE", at_first.n_iter_ / 400)
+    assert FFJORDDensity(**stopping).fit(X).learning_rate_ == first
+    monkeypatch.undo()
+    to_limit = FFJORDDensity(**{**stopping, "max_iter": 40, "n_iter_no_change": None}).fit(X)
+    assert to_limit.learning_rate_ == first and to_limit.n_iter_ == 40
+    # Up to four features flow matching has a single rate.
+    assert FFJORDDensity(**stopping).fit(X[:, :4]).learning_rate_ == first
+    # Continuing a fit (warm start, partial_fit) keeps the rate that 'auto' chose.
+    auto.set_params(warm_start=True, max_iter=10).fit(X)
+    assert auto.learning_rate_ == second and auto.history_[-1]["learning_rate"] < second
+    assert auto.partial_fit(X).history_[-1]["learning_rate"] == second
+    assert FFJORDDensity(**stopping).partial_fit(X).learning_rate_ == first
+
+
+def test_the_second_rate_gets_what_is_left_of_the_time_budget(monkeypatch):
+    from skflow import training
+    budgets, fit_flow = [], training.fit_flow
+
+    def recording_fit_flow(flow, Z, config, *args, **kwargs):
+        budgets.append((config.learning_rate, config.max_time))
+        return fit_flow(flow, Z, config, *args, **kwargs)
+
+    monkeypatch.setattr(training, "fit_flow", recording_fit_flow)
+    X = np.random.RandomState(0).randn(300, 5)
+    est = FFJORDDensity(**{**FAST, "max_iter": "auto", "max_time": 60.0, "n_blocks": 1,
+                           "validation_interval": 10, "n_iter_no_change": 1}).fit(X)
+    (rate_1, budget_1), (rate_2, budget_2) = budgets
+    assert rate_1 > rate_2 == est.learning_rate_
+    assert budget_1 == pytest.approx(60.0, abs=0.5) and 30.0 < budget_2 < budget_1
+
+
 def test_rows_far_outside_the_training_data_are_scored_with_a_warning(fitted_2d):
     from skflow.exceptions import ExtrapolationWarning
     est, X = fitted_2d
