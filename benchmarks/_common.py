@@ -66,6 +66,14 @@ def save(name, title, sections, command):
     print(f"written to {path}")
 
 
+def paired_se(a, b):
+    """Standard error of ``mean(a - b)`` over test rows that two models both scored (per-row
+    log densities ``a`` and ``b``): the rows' own spread cancels, and what remains says whether
+    a gap between the models is within the test rows' noise."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    return float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
 def random_network_data(n, d, seed=0, network_seed=0):
     """A non-Gaussian d-dimensional density: a Gaussian pushed through a random tanh network.
     ``network_seed`` fixes the density, ``seed`` the draw."""

@@ -9,11 +9,13 @@ with a fixed seed: the baselines tune on the 10% and refit on the 80%, the flow 
 (holding out its own validation rows); all are scored on the 20%. With ``nsf`` among the
 methods, zuko's neural spline flow (5 transforms, 128-128 hidden, Adam 1e-3, batch 512,
 best-validation restore, on standardized rows) trains on the 70%, validated on the 10%, for
-exactly the wall time of skflow's fit in the same run. With ``--ensemble K`` skflow's column
-is a ``DensityEnsemble`` of K default flows (fitted one after another, so NSF gets K fits'
-time). Sets named by ``--holdout``
-(by default ``airfoil`` and ``treasury``) are left out unless asked for: they are kept aside as
-a final check on defaults chosen on the others.
+exactly the wall time of skflow's fit in the same run. ``margin`` is skflow's lead over the
+better tuned baseline and ``vs_nsf`` over NSF; each ``_se`` column is that gap's standard
+error over the test rows (the models score the same rows, so the gap is a paired mean). With
+``--ensemble K`` skflow's column is a ``DensityEnsemble`` of K default flows (fitted one after
+another, so NSF gets K fits' time). Sets named by ``--holdout`` (by default ``airfoil`` and
+``treasury``) are left out unless asked for: they are kept aside as a final check on defaults
+chosen on the others.
 
     python benchmarks/quality_benchmark.py --data-home DIR [--sets a,b] [--params JSON]
         [--ensemble K] [--jobs 2] [--name quality]
@@ -29,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _common import markdown_table, random_network_data, save
+from _common import markdown_table, paired_se, random_network_data, save
 
 BUNDLED = ("iris", "wine", "breast_cancer", "diabetes", "digits_pca15")
 TABLES = ("compactiv", "winequality_red", "winequality_white", "concrete", "puma32h", "wizmir",
@@ -68,8 +70,8 @@ def split(X, seed=0):
 
 
 def train_nsf(X_train, X_val, seconds, seed=0):
-    """zuko's NSF trained for ``seconds`` of wall time; returns its score function (data
-    units) and the number of steps taken."""
+    """zuko's NSF trained for ``seconds`` of wall time; returns its per-row log density
+    function (data units) and the number of steps taken."""
     import torch
     import zuko
     torch.manual_seed(seed)
@@ -101,11 +103,12 @@ def train_nsf(X_train, X_val, seconds, seed=0):
     if best_state is not None:
         flow.load_state_dict(best_state)
 
-    def score(A):
+    def score_samples(A):
         with torch.no_grad():
-            return float(flow().log_prob(to_tensor(A)).mean()) - float(np.log(std).sum())
+            return flow().log_prob(to_tensor(A)).double().numpy() - np.log(std).sum()
 
-    return score, steps
+    return score_samples, steps
+
 
 
 def run_set(name, data_home, params, methods, ensemble=None):
@@ -116,6 +119,7 @@ def run_set(name, data_home, params, methods, ensemble=None):
     X = load(name, data_home)
     X_train, X_val, X_test = split(X)
     row = dict(dataset=name, shape=f"{X.shape[0]}x{X.shape[1]}")
+    per_row = {}
     if "skflow" in methods:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -125,7 +129,8 @@ def run_set(name, data_home, params, methods, ensemble=None):
                                    random_state=0))
             est.fit(np.r_[X_train, X_val])
             row["skflow_s"] = time.perf_counter() - start
-        row["skflow"] = est.score(X_test)
+        per_row = {"skflow": est.score_samples(X_test)}
+        row["skflow"] = float(per_row["skflow"].mean())
         members = [est] if ensemble is None else est.estimators_
         row["chose"] = members[0].preprocessing_
         row["n_iter"] = "/".join(str(m.n_iter_) for m in members)
@@ -134,13 +139,19 @@ def run_set(name, data_home, params, methods, ensemble=None):
         if label in methods:
             start = time.perf_counter()
             model = tune(X_train, X_val)
-            row[label], row[f"{label}_s"] = model.score(X_test), time.perf_counter() - start
+            row[f"{label}_s"] = time.perf_counter() - start
+            per_row[label] = model.score_samples(X_test)
+            row[label] = float(per_row[label].mean())
     if "nsf" in methods and "skflow_s" in row:
-        score, row["nsf_steps"] = train_nsf(X_train, X_val, row["skflow_s"])
-        row["nsf"] = score(X_test)
+        score_samples, row["nsf_steps"] = train_nsf(X_train, X_val, row["skflow_s"])
+        per_row["nsf"] = score_samples(X_test)
+        row["nsf"] = float(per_row["nsf"].mean())
         row["vs_nsf"] = row["skflow"] - row["nsf"]
+        row["vs_nsf_se"] = paired_se(per_row["skflow"], per_row["nsf"])
     if {"skflow", "gmm", "kde"} <= set(methods):
-        row["margin"] = row["skflow"] - max(row["gmm"], row["kde"])
+        best = max(("gmm", "kde"), key=lambda label: row[label])
+        row["margin"] = row["skflow"] - row[best]
+        row["margin_se"] = paired_se(per_row["skflow"], per_row[best])
     print(json.dumps(row), flush=True)
     return row
 
@@ -166,8 +177,8 @@ def main(argv=None):
         rows = list(pool.map(run_set, sets, [args.data_home] * len(sets),
                              [params] * len(sets), [methods] * len(sets),
                              [args.ensemble] * len(sets)))
-    columns = ["dataset", "shape", "skflow", "chose", "gmm", "kde", "margin", "nsf", "vs_nsf",
-               "skflow_s", "n_iter", "nsf_steps", "warnings"]
+    columns = ["dataset", "shape", "skflow", "chose", "gmm", "kde", "margin", "margin_se", "nsf",
+               "vs_nsf", "vs_nsf_se", "skflow_s", "n_iter", "nsf_steps", "warnings"]
     tallies = [f"at or above both tuned baselines on "
                f"{sum(row['margin'] >= 0 for row in rows)} of {len(rows)} sets"
                if all("margin" in row for row in rows) else "",
