@@ -133,7 +133,9 @@ def run_set(name, data_home, params, methods, ensemble=None):
         row["skflow"] = float(per_row["skflow"].mean())
         members = [est] if ensemble is None else est.estimators_
         row["chose"] = members[0].preprocessing_
-        row["n_iter"] = "/".join(str(m.n_iter_) for m in members)
+        for column, attribute in (("blocks", "n_blocks_"), ("lr", "learning_rate_"),
+                                  ("n_iter", "n_iter_")):
+            row[column] = "/".join(str(getattr(m, attribute)) for m in members)
         row["warnings"] = sorted({type(w.message).__name__ for w in caught})
     for label, tune in (("gmm", tuned_gaussian_mixture), ("kde", tuned_kernel_density)):
         if label in methods:
@@ -178,7 +180,7 @@ def main(argv=None):
                              [params] * len(sets), [methods] * len(sets),
                              [args.ensemble] * len(sets)))
     columns = ["dataset", "shape", "skflow", "chose", "gmm", "kde", "margin", "margin_se", "nsf",
-               "vs_nsf", "vs_nsf_se", "skflow_s", "n_iter", "nsf_steps", "warnings"]
+               "vs_nsf", "vs_nsf_se", "skflow_s", "blocks", "lr", "n_iter", "nsf_steps", "warnings"]
     tallies = [f"at or above both tuned baselines on "
                f"{sum(row['margin'] >= 0 for row in rows)} of {len(rows)} sets"
                if all("margin" in row for row in rows) else "",
