@@ -110,7 +110,6 @@ def train_nsf(X_train, X_val, seconds, seed=0):
     return score_samples, steps
 
 
-
 def run_set(name, data_home, params, methods, ensemble=None):
     import torch
     torch.set_num_threads(1)
@@ -129,7 +128,7 @@ def run_set(name, data_home, params, methods, ensemble=None):
                                    random_state=0))
             est.fit(np.r_[X_train, X_val])
             row["skflow_s"] = time.perf_counter() - start
-        per_row = {"skflow": est.score_samples(X_test)}
+        per_row["skflow"] = est.score_samples(X_test)
         row["skflow"] = float(per_row["skflow"].mean())
         members = [est] if ensemble is None else est.estimators_
         row["chose"] = members[0].preprocessing_

@@ -28,7 +28,7 @@ def run(name, n_train, n_test, params):
             flow = FFJORDDensity(random_state=0, **params).fit(X)
     nfe_train = np.mean([h["nfe_forward"] + h["nfe_backward"] for h in flow.history_])
     flow_rows = flow.score_samples(X_test)
-    rows.append(dict(dataset=name, model="FFJORDDensity", test_loglik=flow_rows.mean(),
+    rows.append(dict(dataset=name, model="FFJORDDensity", test_loglik=float(flow_rows.mean()),
                      fit_s=seconds(), steps=flow.n_iter_, nfe_per_step=float(nfe_train),
                      nfe_per_row_scoring=float(flow.evaluation_nfe(X_test[:1000]).mean())))
     for label, tune in (("GaussianMixture", tuned_gaussian_mixture),
@@ -36,8 +36,8 @@ def run(name, n_train, n_test, params):
         with stopwatch() as seconds:
             model = tune(X[n_val:], X[:n_val])
         model_rows = model.score_samples(X_test)
-        rows.append(dict(dataset=name, model=label, test_loglik=model_rows.mean(),
-                         fit_s=seconds(), flow_lead=flow_rows.mean() - model_rows.mean(),
+        rows.append(dict(dataset=name, model=label, test_loglik=float(model_rows.mean()),
+                         fit_s=seconds(), flow_lead=float(flow_rows.mean() - model_rows.mean()),
                          flow_lead_se=paired_se(flow_rows, model_rows)))
     for row in rows:
         print(row, flush=True)
